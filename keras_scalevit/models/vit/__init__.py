@@ -1,0 +1,1 @@
+"""The refined ViT of *Scaling Vision Transformers* (big_vision's `models/vit.py`)."""

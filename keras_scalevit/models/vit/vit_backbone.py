@@ -1,0 +1,196 @@
+"""The refined ViT encoder as a functional Keras model."""
+
+import keras
+
+from keras_scalevit.models.vit.vit_layers import (
+    POSEMB_TYPES,
+    ClassToken,
+    EncoderBlock,
+    LayerNorm,
+    PatchEmbedding,
+    PositionEmbedding,
+    _head_policy,
+    _pair,
+)
+from keras_scalevit.models.vit.vit_variants import decode_variant
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class ViTBackbone(keras.Model):
+    """Vision Transformer encoder (big_vision's `Transformer` with its stem).
+
+    Images ``(n, H, W, 3)`` (float, big_vision feeds [-1, 1]) → patch embedding →
+    position embedding → optional class token → ``depth`` pre-LN blocks → final
+    LayerNorm (``encoder_norm``). Returns the normalised tokens ``(n, T, width)``
+    (``T = h·w``, plus one with ``class_token``).
+
+    Weight paths mirror big_vision's checkpoint names (``embedding/kernel``,
+    ``Transformer/encoderblock_3/MlpBlock_0/Dense_0/kernel``, ...).
+
+    Args:
+        image_size: int or (int, int). Input height and width; must be divisible by
+            the patch size.
+        patch_size: int or (int, int).
+        width: int. Token width ``D``.
+        depth: int. Number of encoder blocks.
+        num_heads: int. Attention heads; must divide ``width``.
+        mlp_dim: int or None. MLP hidden width; None means ``4 · width``.
+        posemb: str. ``"learn"`` or ``"sincos2d"``.
+        class_token: bool. Prepend a learned class token (big_vision's ``"tok"``).
+        dropout: float. One rate for every dropout site, as big_vision.
+        remat: bool. Rematerialise each encoder block in the backward pass
+            (`keras.RematScope`): trades compute for activation memory.
+        flash_attention: bool or None. Passed to `keras.ops.dot_product_attention`.
+            Off by default (see keras-team/keras#21116).
+        dtype: dtype policy, e.g. ``"mixed_bfloat16"``; LayerNorms compute in float32
+            and the final LayerNorm outputs float32, as big_vision with ``dtype_mm``.
+        **kwargs: `keras.Model` keyword arguments (``name``, ...).
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> backbone = keras_scalevit.models.ViTBackbone.from_variant("mu/8", image_size=32)
+    >>> tuple(backbone(np.zeros((2, 32, 32, 3), "float32")).shape)
+    (2, 16, 32)
+
+    Reference:
+    - [Zhai et al., Scaling Vision Transformers](https://arxiv.org/abs/2106.04560)
+    - [Dosovitskiy et al., An Image is Worth 16x16 Words](https://arxiv.org/abs/2010.11929)
+    """
+
+    def __init__(
+        self,
+        *,
+        image_size,
+        patch_size,
+        width,
+        depth,
+        num_heads,
+        mlp_dim=None,
+        posemb="learn",
+        class_token=False,
+        dropout=0.0,
+        remat=False,
+        flash_attention=False,
+        dtype=None,
+        **kwargs,
+    ):
+        image_size = _pair(image_size, "image_size")
+        patch_size = _pair(patch_size, "patch_size")
+        for i, axis in enumerate(("height", "width")):
+            if image_size[i] % patch_size[i]:
+                raise ValueError(
+                    f"`image_size`={image_size} is not divisible by `patch_size`="
+                    f"{patch_size}: the image {axis} {image_size[i]} must be a "
+                    f"multiple of {patch_size[i]} (big_vision would silently drop "
+                    "the remaining pixels)."
+                )
+        if posemb not in POSEMB_TYPES:
+            raise ValueError(
+                f"Unknown `posemb`={posemb!r}; allowed values: {POSEMB_TYPES}."
+            )
+        if posemb == "sincos2d" and width % 4:
+            raise ValueError(
+                f"posemb='sincos2d' needs `width` divisible by 4; received width={width}."
+            )
+        if width % num_heads:
+            raise ValueError(f"`num_heads`={num_heads} must divide `width`={width}.")
+        mlp_dim = mlp_dim or 4 * width
+        grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
+        policy = keras.dtype_policies.get(dtype)
+
+        # === Layers ===
+        # Built as locals and attached after `super().__init__` (the torch backend
+        # refuses sub-module attributes before `Module.__init__`).
+        embedding = PatchEmbedding(width, patch_size, dtype=policy, name="embedding")
+        pos_embedding = PositionEmbedding(
+            grid, posemb, dtype=policy, name="pos_embedding"
+        )
+        cls_token = ClassToken(dtype=policy, name="cls") if class_token else None
+        embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="dropout")
+        with keras.RematScope(mode="full" if remat else None):
+            blocks = [
+                EncoderBlock(
+                    num_heads,
+                    mlp_dim,
+                    dropout,
+                    flash_attention,
+                    dtype=policy,
+                    name=f"encoderblock_{i}",
+                )
+                for i in range(depth)
+            ]
+        encoder_norm = LayerNorm(dtype=_head_policy(policy), name="encoder_norm")
+
+        # === Functional model ===
+        images = keras.Input(shape=(*image_size, 3), name="images")
+        x = embedding(images)
+        x = pos_embedding(x)
+        if cls_token is not None:
+            x = cls_token(x)
+        x = embedding_dropout(x)
+        # The scope gives the weights big_vision's `Transformer/...` paths.
+        with keras.name_scope("Transformer"):
+            for block in blocks:
+                x = block(x)
+            x = encoder_norm(x)
+        super().__init__(inputs=images, outputs=x, dtype=policy, **kwargs)
+        self.embedding = embedding
+        self.pos_embedding = pos_embedding
+        self.cls = cls_token
+        self.blocks = blocks
+        self.encoder_norm = encoder_norm
+
+        # === Config ===
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.width = width
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.posemb = posemb
+        self.class_token = class_token
+        self.dropout = dropout
+        self.remat = remat
+        self.flash_attention = flash_attention
+        self.grid_size = grid
+
+    @classmethod
+    def from_variant(cls, variant, *, image_size=224, **kwargs):
+        """Builds a backbone from a variant name such as ``"B/16"`` or ``"G/14"``.
+
+        Args:
+            variant: str. See `keras_scalevit.models.decode_variant`.
+            image_size: int or (int, int).
+            **kwargs: other constructor arguments; they override the variant's.
+
+        Example:
+        >>> import keras_scalevit
+        >>> keras_scalevit.models.ViTBackbone.from_variant("mu/8", image_size=32).width
+        32
+        """
+        return cls(image_size=image_size, **{**decode_variant(variant), **kwargs})
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "width": self.width,
+            "depth": self.depth,
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "posemb": self.posemb,
+            "class_token": self.class_token,
+            "dropout": self.dropout,
+            "remat": self.remat,
+            "flash_attention": self.flash_attention,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)

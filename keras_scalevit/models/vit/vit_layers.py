@@ -1,0 +1,492 @@
+"""Layers of the refined ViT, numerically as big_vision's `models/vit.py`.
+
+Layer and weight names mirror big_vision's checkpoint names (``LayerNorm_0/scale``,
+``MultiHeadDotProductAttention_0/query/kernel``, ``MlpBlock_0/Dense_0/kernel``, ...), so
+``variable.path`` reads like a big_vision parameter name and its regex patterns
+(``wd_mults``, ``lr_mults``, schedules) carry over unchanged.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_scalevit.models.vit.posemb import posemb_sincos2d
+
+POSEMB_TYPES = ("learn", "sincos2d")
+
+
+def _head_policy(dtype_policy):
+    """The float32 policy used after the encoder under mixed precision.
+
+    big_vision computes LayerNorms, the MAP head, pre-logits and the head in float32
+    even when the encoder matmuls run in bfloat16 (spec §1.3).
+    """
+    policy = keras.dtype_policies.get(dtype_policy)
+    return keras.DTypePolicy(policy.variable_dtype)
+
+
+def _flat_glorot_uniform(fan_in, fan_out):
+    # Flax initialises attention kernels (D, H, d) as Xavier-uniform of the
+    # flattened 2-D matrix; Keras' glorot_uniform would use other fans for 3-D.
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return keras.initializers.RandomUniform(-limit, limit)
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class LayerNorm(keras.layers.Layer):
+    """LayerNorm over the last axis with Flax's statistics and names.
+
+    Computes ``var = max(0, mean(x²) − mean(x)²)`` and
+    ``y = (x − mean) · rsqrt(var + epsilon) · scale + bias`` in float32, with weights
+    named ``scale`` and ``bias`` as in big_vision checkpoints.
+
+    Args:
+        epsilon: float. Added to the variance. big_vision (Flax) uses 1e-6.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, ...).
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> ln = keras_scalevit.models.LayerNorm()
+    >>> tuple(ln(np.ones((2, 3, 8), "float32")).shape)
+    (2, 3, 8)
+    """
+
+    def __init__(self, epsilon=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        dim = input_shape[-1]
+        self.scale = self.add_weight(shape=(dim,), initializer="ones", name="scale")
+        self.bias = self.add_weight(shape=(dim,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        x32 = ops.cast(x, "float32")
+        mean = ops.mean(x32, axis=-1, keepdims=True)
+        mean2 = ops.mean(ops.square(x32), axis=-1, keepdims=True)
+        var = ops.maximum(mean2 - ops.square(mean), 0.0)
+        mul = ops.rsqrt(var + self.epsilon) * ops.cast(self.scale, "float32")
+        y = (x32 - mean) * mul + ops.cast(self.bias, "float32")
+        return ops.cast(y, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class MlpBlock(keras.layers.Layer):
+    """Transformer MLP: Dense → tanh-approximated GELU → Dropout → Dense.
+
+    Args:
+        mlp_dim: int. Hidden width (big_vision default: 4 × width).
+        dropout: float. Dropout rate after the GELU.
+        **kwargs: base layer keyword arguments.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> mlp = keras_scalevit.models.MlpBlock(mlp_dim=32)
+    >>> tuple(mlp(np.ones((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(self, mlp_dim, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.dense_0 = keras.layers.Dense(
+            mlp_dim,
+            kernel_initializer="glorot_uniform",
+            bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
+            dtype=self.dtype_policy,
+            name="Dense_0",
+        )
+        self.drop = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.dense_1 = None
+
+    def build(self, input_shape):
+        self.dense_0.build(input_shape)
+        self.dense_1 = keras.layers.Dense(
+            input_shape[-1],
+            kernel_initializer="glorot_uniform",
+            bias_initializer=keras.initializers.RandomNormal(stddev=1e-6),
+            dtype=self.dtype_policy,
+            name="Dense_1",
+        )
+        self.dense_1.build((*input_shape[:-1], self.mlp_dim))
+
+    def call(self, x, training=None):
+        x = self.dense_0(x)
+        x = keras.activations.gelu(x, approximate=True)
+        x = self.drop(x, training=training)
+        return self.dense_1(x)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class MultiHeadDotProductAttention(keras.layers.Layer):
+    """Multi-head dot-product attention with Flax's (and Keras MHA's) weight layout.
+
+    ``query``/``key``/``value`` kernels are ``(width, heads, head_dim)`` with biases
+    ``(heads, head_dim)``; ``out`` is ``(heads, head_dim, width)`` with bias
+    ``(width,)``. Scores go through `keras.ops.dot_product_attention` (no mask, scale
+    ``1/sqrt(head_dim)``).
+
+    Args:
+        num_heads: int. Number of heads; must divide the input width.
+        flash_attention: bool or None. Passed to `keras.ops.dot_product_attention`.
+            `False` (default) forces the plain XLA/TF/torch path; `True` asks for a
+            fused kernel (requires a supporting device); `None` lets Keras decide.
+            Off by default: in Keras 3.15 the TPU Splash path can build a causal mask
+            for unmasked inputs (keras-team/keras#21116).
+        **kwargs: base layer keyword arguments.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> att = keras_scalevit.models.MultiHeadDotProductAttention(num_heads=2)
+    >>> x = np.ones((2, 5, 8), "float32")
+    >>> tuple(att(x, x).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(self, num_heads, flash_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.flash_attention = flash_attention
+
+    def build(self, query_shape, key_shape=None):
+        width = query_shape[-1]
+        if width % self.num_heads:
+            raise ValueError(
+                f"`num_heads`={self.num_heads} must divide the width {width}."
+            )
+        head_dim = width // self.num_heads
+        self._head_dim = head_dim
+        proj_init = _flat_glorot_uniform(width, width)
+        kw = dict(dtype=self.dtype_policy, kernel_initializer=proj_init)
+        shape = (None, self.num_heads, head_dim)
+        self.query = keras.layers.EinsumDense(
+            "btd,dhk->bthk", shape, bias_axes="hk", name="query", **kw
+        )
+        self.key = keras.layers.EinsumDense(
+            "btd,dhk->bthk", shape, bias_axes="hk", name="key", **kw
+        )
+        self.value = keras.layers.EinsumDense(
+            "btd,dhk->bthk", shape, bias_axes="hk", name="value", **kw
+        )
+        self.out = keras.layers.EinsumDense(
+            "bthk,hkd->btd", (None, width), bias_axes="d", name="out", **kw
+        )
+        key_shape = query_shape if key_shape is None else key_shape
+        self.query.build(query_shape)
+        self.key.build(key_shape)
+        self.value.build(key_shape)
+        self.out.build((*query_shape[:-1], self.num_heads, head_dim))
+
+    def call(self, query, key_value=None):
+        key_value = query if key_value is None else key_value
+        q = self.query(query)
+        k = self.key(key_value)
+        v = self.value(key_value)
+        x = ops.dot_product_attention(
+            q,
+            k,
+            v,
+            scale=1.0 / math.sqrt(self._head_dim),
+            flash_attention=self.flash_attention,
+        )
+        return self.out(x)
+
+    def compute_output_shape(self, query_shape, key_shape=None):
+        return query_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "flash_attention": self.flash_attention,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class EncoderBlock(keras.layers.Layer):
+    """Pre-LN transformer block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
+
+    Args:
+        num_heads: int. Attention heads.
+        mlp_dim: int. MLP hidden width.
+        dropout: float. Rate after attention, inside the MLP and after the MLP.
+        flash_attention: bool or None. See `MultiHeadDotProductAttention`.
+        **kwargs: base layer keyword arguments.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> blk = keras_scalevit.models.EncoderBlock(num_heads=2, mlp_dim=32)
+    >>> tuple(blk(np.ones((2, 5, 8), "float32")).shape)
+    (2, 5, 8)
+    """
+
+    def __init__(
+        self, num_heads, mlp_dim, dropout=0.0, flash_attention=False, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.dropout = dropout
+        self.flash_attention = flash_attention
+        kw = dict(dtype=self.dtype_policy)
+        self.ln_0 = LayerNorm(name="LayerNorm_0", **kw)
+        self.attention = MultiHeadDotProductAttention(
+            num_heads, flash_attention, name="MultiHeadDotProductAttention_0", **kw
+        )
+        self.ln_1 = LayerNorm(name="LayerNorm_1", **kw)
+        self.mlp = MlpBlock(mlp_dim, dropout, name="MlpBlock_0", **kw)
+        self.drop = keras.layers.Dropout(dropout, **kw)
+
+    def build(self, input_shape):
+        self.ln_0.build(input_shape)
+        self.attention.build(input_shape)
+        self.ln_1.build(input_shape)
+        self.mlp.build(input_shape)
+
+    def call(self, x, training=None):
+        y = self.attention(self.ln_0(x))
+        x = x + self.drop(y, training=training)
+        y = self.mlp(self.ln_1(x), training=training)
+        return x + self.drop(y, training=training)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "dropout": self.dropout,
+            "flash_attention": self.flash_attention,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class PatchEmbedding(keras.layers.Layer):
+    """Patch stem: a ``patch × patch`` convolution with stride ``patch``, flattened.
+
+    Maps images ``(n, H, W, 3)`` to tokens ``(n, (H/P)·(W/P), width)`` in row-major
+    grid order. The kernel is ``(P, P, 3, width)`` (HWIO, as big_vision), LeCun-normal.
+
+    Args:
+        width: int. Token width.
+        patch_size: int or (int, int). Patch height and width.
+        **kwargs: base layer keyword arguments.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> emb = keras_scalevit.models.PatchEmbedding(width=8, patch_size=4)
+    >>> tuple(emb(np.ones((2, 16, 16, 3), "float32")).shape)
+    (2, 16, 8)
+    """
+
+    def __init__(self, width, patch_size, **kwargs):
+        super().__init__(**kwargs)
+        self.width = width
+        self.patch_size = _pair(patch_size, "patch_size")
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: 3})
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(*self.patch_size, input_shape[-1], self.width),
+            initializer="lecun_normal",
+            name="kernel",
+        )
+        self.bias = self.add_weight(
+            shape=(self.width,), initializer="zeros", name="bias"
+        )
+
+    def call(self, images):
+        x = ops.conv(
+            ops.cast(images, self.compute_dtype),
+            ops.cast(self.kernel, self.compute_dtype),
+            strides=self.patch_size,
+            padding="valid",
+            data_format="channels_last",
+        )
+        x = x + ops.cast(self.bias, self.compute_dtype)
+        n, h, w, d = ops.shape(x)
+        return ops.reshape(x, (n, h * w, d))
+
+    def compute_output_shape(self, input_shape):
+        h = input_shape[1] // self.patch_size[0] if input_shape[1] else None
+        w = input_shape[2] // self.patch_size[1] if input_shape[2] else None
+        return (input_shape[0], h * w if h and w else None, self.width)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "patch_size": self.patch_size,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned or 2-D sin-cos position embedding to the patch tokens.
+
+    Args:
+        grid_size: (int, int). Patch grid ``(h, w)``; tokens are row-major.
+        posemb: str. ``"learn"`` (a ``(1, h·w, width)`` weight named
+            ``pos_embedding``, Normal(std 1/√width)) or ``"sincos2d"`` (fixed,
+            big_vision's ordering ``[sin x, cos x, sin y, cos y]``; width % 4 == 0).
+        **kwargs: base layer keyword arguments.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> pe = keras_scalevit.models.PositionEmbedding((2, 3), "sincos2d")
+    >>> tuple(pe(np.zeros((1, 6, 8), "float32")).shape)
+    (1, 6, 8)
+    """
+
+    def __init__(self, grid_size, posemb="learn", **kwargs):
+        super().__init__(**kwargs)
+        if posemb not in POSEMB_TYPES:
+            raise ValueError(
+                f"Unknown `posemb`={posemb!r}; allowed values: {POSEMB_TYPES}."
+            )
+        self.grid_size = _pair(grid_size, "grid_size")
+        self.posemb = posemb
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        h, w = self.grid_size
+        if self.posemb == "learn":
+            self.pos_embedding = self.add_weight(
+                shape=(1, h * w, width),
+                initializer=keras.initializers.RandomNormal(
+                    stddev=1 / math.sqrt(width)
+                ),
+                name="pos_embedding",
+            )
+        else:
+            self._table = posemb_sincos2d(h, w, width)
+
+    def call(self, x):
+        if self.posemb == "learn":
+            return x + ops.cast(self.pos_embedding, x.dtype)
+        return x + ops.cast(self._table, x.dtype)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "grid_size": self.grid_size,
+            "posemb": self.posemb,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class ClassToken(keras.layers.Layer):
+    """Prepends a learned class token (zeros init, weight ``cls``) to the tokens.
+
+    big_vision adds it after the position embedding, so it carries no posemb.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> tok = keras_scalevit.models.ClassToken()
+    >>> tuple(tok(np.zeros((2, 6, 8), "float32")).shape)
+    (2, 7, 8)
+    """
+
+    def build(self, input_shape):
+        self.cls = self.add_weight(
+            shape=(1, 1, input_shape[-1]), initializer="zeros", name="cls"
+        )
+
+    def call(self, x):
+        cls = ops.broadcast_to(
+            ops.cast(self.cls, x.dtype), (ops.shape(x)[0], 1, x.shape[-1])
+        )
+        return ops.concatenate([cls, x], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        n = None if input_shape[1] is None else input_shape[1] + 1
+        return (input_shape[0], n, input_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="keras_scalevit")
+class MAPHead(keras.layers.Layer):
+    """Multi-head attention pooling: a learned probe attends over the tokens.
+
+    ``x = MHA(probe, tokens)``; ``x = x + MLP(LN(x))``; returns ``x[:, 0]``. As in
+    big_vision there is no LayerNorm before the attention and no residual from the
+    probe; the MLP width is the encoder's ``mlp_dim``.
+
+    Args:
+        num_heads: int. Attention heads.
+        mlp_dim: int. MLP hidden width.
+        flash_attention: bool or None. See `MultiHeadDotProductAttention`.
+        **kwargs: base layer keyword arguments.
+
+    Example:
+    >>> import numpy as np, keras_scalevit
+    >>> head = keras_scalevit.models.MAPHead(num_heads=2, mlp_dim=32)
+    >>> tuple(head(np.ones((2, 5, 8), "float32")).shape)
+    (2, 8)
+
+    Reference:
+    - [Zhai et al., Scaling Vision Transformers](https://arxiv.org/abs/2106.04560)
+    """
+
+    def __init__(self, num_heads, mlp_dim, flash_attention=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.mlp_dim = mlp_dim
+        self.flash_attention = flash_attention
+        kw = dict(dtype=self.dtype_policy)
+        self.attention = MultiHeadDotProductAttention(
+            num_heads, flash_attention, name="MultiHeadDotProductAttention_0", **kw
+        )
+        self.ln = LayerNorm(name="LayerNorm_0", **kw)
+        self.mlp = MlpBlock(mlp_dim, name="MlpBlock_0", **kw)
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.probe = self.add_weight(
+            shape=(1, 1, width), initializer="glorot_uniform", name="probe"
+        )
+        self.attention.build((input_shape[0], 1, width), input_shape)
+        self.ln.build((input_shape[0], 1, width))
+        self.mlp.build((input_shape[0], 1, width))
+
+    def call(self, x):
+        probe = ops.cast(self.probe, x.dtype)
+        probe = ops.broadcast_to(probe, (ops.shape(x)[0], 1, x.shape[-1]))
+        y = self.attention(probe, x)
+        y = y + self.mlp(self.ln(y))
+        return y[:, 0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "mlp_dim": self.mlp_dim,
+            "flash_attention": self.flash_attention,
+        }
+
+
+def _pair(value, name):
+    if isinstance(value, (int, np.integer)):
+        return (int(value), int(value))
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) for v in value)
+    ):
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"`{name}` must be an int or a pair of ints; received {value!r}.")

@@ -1,0 +1,607 @@
+"""big_vision's per-variable optimizer rules on top of `keras.optimizers.Optimizer`.
+
+big_vision's ``optax.make`` wraps every optimizer in the same chain (spec §3.1):
+
+    p <- p - s_g(t) * (lr * lr_mult * A(clip(g)) + wd * wd_mult * p)
+
+with global-norm gradient clipping over the trained (non-frozen) variables, one
+schedule ``s_g`` per group of variables (``None`` freezes a group), learning-rate
+multipliers and decoupled weight decay chosen per variable by regular expressions
+(``re.fullmatch`` on the variable path, first matching pattern wins). This module
+holds that chain once; `Adafactor` and `MomentumHP` only supply ``A``.
+
+Weight decay follows Keras' convention: ``weight_decay`` is relative to the learning
+rate, so a variable with multiplier ``mult`` loses ``learning_rate(t) * weight_decay *
+mult * w`` per step, where ``learning_rate(t)`` includes the variable's group schedule.
+A big_vision config's ``wd`` (which is *not* multiplied by ``lr``, only by the
+schedule) is therefore ``weight_decay = wd / lr``; the paper's "0.03 body, 3.0 head
+relative to the learning rate" is ``weight_decay=0.03`` with multipliers
+``[(".*head/kernel", 100.0), (".*/kernel", 1.0)]``.
+"""
+
+import dataclasses
+import functools
+import numbers
+import re
+
+import keras
+import ml_dtypes  # a Keras dependency; NumPy has no bfloat16
+import numpy as np
+from keras import ops
+
+from keras_scalevit.schedules import create_learning_rate_schedule
+
+# big_vision's default `wd_mults`: only kernels decay.
+DEFAULT_WEIGHT_DECAY_MULTIPLIERS = ((".*/kernel$", 1.0),)
+
+_LR_SCHEDULE = keras.optimizers.schedules.LearningRateSchedule
+
+_FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def momentum_dtype_and_decay(momentum, momentum_dtype, argument="momentum_dtype"):
+    """Validates a momentum accumulator dtype and rounds ``momentum`` to it.
+
+    JAX multiplies a low-precision accumulator by the Python constant cast to the
+    accumulator's dtype, so big_vision's effective decay with a bfloat16 momentum is
+    bfloat16(0.9) = 0.8984375 (spec §12.1).
+
+    Args:
+        momentum: float, the decay constant.
+        momentum_dtype: ``"bfloat16"``, ``"float16"`` or ``"float32"``.
+        argument: name used in error messages.
+
+    Returns:
+        ``(dtype_name, decay_in_dtype)``, the latter a Python float.
+
+    Example:
+    >>> from keras_scalevit.optimizers import momentum_dtype_and_decay
+    >>> momentum_dtype_and_decay(0.9, "bfloat16")
+    ('bfloat16', 0.8984375)
+    """
+    try:
+        dtype = keras.backend.standardize_dtype(momentum_dtype)
+    except (ValueError, TypeError):
+        dtype = None
+    if dtype not in _FLOAT_STATE_DTYPES:
+        raise ValueError(
+            f"`{argument}` must be a floating-point dtype, one of {_FLOAT_STATE_DTYPES}; "
+            f"received {argument}={momentum_dtype!r}."
+        )
+    if dtype == "bfloat16":
+        rounded = float(np.asarray(momentum, dtype=ml_dtypes.bfloat16))
+    else:
+        rounded = float(np.asarray(momentum, dtype=dtype))
+    return dtype, rounded
+
+
+def _float32(x):
+    # Python constants rounded once to float32, so every backend multiplies by the
+    # same value whatever its scalar-promotion rules.
+    return float(np.float32(x))
+
+
+def _check_real(
+    name, value, *, low=None, high=None, low_inclusive=True, high_inclusive=True
+):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number; received {name}={value!r}.")
+    bad_low = low is not None and (value < low or (value == low and not low_inclusive))
+    bad_high = high is not None and (
+        value > high or (value == high and not high_inclusive)
+    )
+    if bad_low or bad_high:
+        lo = "" if low is None else ("[" if low_inclusive else "(") + f"{low}, "
+        hi = "" if high is None else f"{high}" + ("]" if high_inclusive else ")")
+        allowed = (
+            f"in {lo}{hi}"
+            if low is not None and high is not None
+            else (
+                f"{'>=' if low_inclusive else '>'} {low}"
+                if low is not None
+                else f"<= {high}"
+            )
+        )
+        raise ValueError(f"`{name}` must be {allowed}; received {name}={value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableRule:
+    """What the patterns decided for one variable (resolved once, in `build`).
+
+    Attributes:
+        path: the variable's path the patterns were matched against.
+        frozen: True if its schedule entry is ``None`` (never updated, no state).
+        group: index of its schedule in `BigVisionOptimizer.group_schedules`, or
+            None when the optimizer has no per-group schedule.
+        learning_rate_multiplier: float.
+        weight_decay_multiplier: float (0.0: not decayed).
+    """
+
+    path: str
+    frozen: bool
+    group: object
+    learning_rate_multiplier: float
+    weight_decay_multiplier: float
+
+
+def _compile_pattern(argument, pattern):
+    if not isinstance(pattern, str):
+        raise TypeError(
+            f"Patterns in `{argument}` must be strings (regular expressions); "
+            f"received {pattern!r}."
+        )
+    if pattern.startswith("/"):
+        # big_vision's rule: variable paths never start with "/".
+        raise ValueError(
+            f"Pattern {pattern!r} in `{argument}` starts with '/'; variable paths "
+            "never do (e.g. 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel')."
+        )
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(
+            f"Pattern {pattern!r} in `{argument}` is not a valid regular expression: {e}."
+        ) from None
+
+
+def _pairs(argument, rules):
+    """Normalises ``[(pattern, value), ...]`` or ``{pattern: value}`` to a tuple of pairs."""
+    if isinstance(rules, dict):
+        rules = list(rules.items())
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, (list, tuple)):
+        raise TypeError(
+            f"`{argument}` must be a list of (pattern, value) pairs; received {rules!r}."
+        )
+    pairs = []
+    for entry in rules:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise TypeError(
+                f"Each entry of `{argument}` must be a (pattern, value) pair; "
+                f"received {entry!r}."
+            )
+        _compile_pattern(argument, entry[0])
+        pairs.append((entry[0], entry[1]))
+    return tuple(pairs)
+
+
+def normalize_multipliers(argument, rules, *, allow_zero):
+    """Validates big_vision-style ``[(pattern, multiplier), ...]`` rules.
+
+    Args:
+        argument: str. Argument name used in error messages.
+        rules: list of (regex, number) pairs, a dict, or None.
+        allow_zero: bool. Whether a multiplier of 0 is allowed (weight decay) or
+            must be > 0 (learning rate: freeze with a ``None`` schedule instead).
+
+    Returns:
+        A tuple of ``(pattern, float)`` pairs (empty for None).
+
+    Example:
+    >>> from keras_scalevit.optimizers import normalize_multipliers
+    >>> normalize_multipliers("m", [(".*head/kernel", 100), (".*/kernel", 1)],
+    ...                       allow_zero=True)
+    (('.*head/kernel', 100.0), ('.*/kernel', 1.0))
+    """
+    if rules is None:
+        return ()
+    pairs = []
+    for pattern, mult in _pairs(argument, rules):
+        if isinstance(mult, bool) or not isinstance(mult, numbers.Real):
+            raise TypeError(
+                f"Multiplier for pattern {pattern!r} in `{argument}` must be a number; "
+                f"received {mult!r}."
+            )
+        if mult < 0 or (mult == 0 and not allow_zero):
+            allowed = (
+                ">= 0" if allow_zero else "> 0 (freeze with a None schedule instead)"
+            )
+            raise ValueError(
+                f"Multiplier for pattern {pattern!r} in `{argument}` must be {allowed}; "
+                f"received {mult!r}."
+            )
+        pairs.append((pattern, float(mult)))
+    return tuple(pairs)
+
+
+def first_match(patterns, path):
+    """Index of the first pattern that ``re.fullmatch``-es ``path``, or None.
+
+    Example:
+    >>> from keras_scalevit.optimizers import first_match
+    >>> first_match([".*head/kernel", ".*/kernel"], "MAPHead_0/MlpBlock_0/Dense_0/kernel")
+    1
+    """
+    for i, pattern in enumerate(patterns):
+        if re.fullmatch(pattern, path):
+            return i
+    return None
+
+
+def _schedule_from_entry(entry, schedule_kwargs):
+    if entry is None or isinstance(entry, _LR_SCHEDULE):
+        return entry
+    if isinstance(entry, dict):
+        if "base" in entry:
+            raise ValueError(
+                "A per-group schedule dict sets its peak with 'mult' (big_vision), not "
+                f"'base'; received {entry!r}."
+            )
+        if not schedule_kwargs or "total_steps" not in schedule_kwargs:
+            raise ValueError(
+                "Schedule dicts need `schedule_kwargs` with at least 'total_steps' "
+                "(and 'batch_size'/'data_size' for _examples/_epochs forms); received "
+                f"schedule_kwargs={schedule_kwargs!r}."
+            )
+        kw = dict(entry)
+        mult = kw.pop("mult", 1.0)
+        return create_learning_rate_schedule(**schedule_kwargs, base=mult, **kw)
+    raise TypeError(
+        "Schedule entries must be a dict of big_vision schedule keywords, a "
+        f"LearningRateSchedule, or None (frozen); received {entry!r}."
+    )
+
+
+def normalize_schedule(schedule, schedule_kwargs=None):
+    """Turns big_vision's ``schedule`` config into ``((pattern, schedule-or-None), ...)``.
+
+    Args:
+        schedule: None (no per-group schedule), a dict or LearningRateSchedule (one
+            schedule for every variable), or a list of ``(pattern, entry)`` pairs where
+            entry is a dict of `create_learning_rate_schedule` keywords (with an
+            optional ``"mult"``, big_vision's peak), a LearningRateSchedule, or None to
+            freeze the matched variables.
+        schedule_kwargs: dict with ``total_steps`` and optionally ``batch_size`` and
+            ``data_size`` (big_vision's ``sched_kw``), used to build dict entries.
+
+    Returns:
+        A tuple of ``(pattern, LearningRateSchedule or None)`` pairs, or None.
+
+    Example:
+    >>> from keras_scalevit.optimizers import normalize_schedule
+    >>> groups = normalize_schedule(
+    ...     [("embedding/.*", None), (".*", {"decay_type": "cosine"})],
+    ...     {"total_steps": 100})
+    >>> [(p, type(s).__name__) for p, s in groups]
+    [('embedding/.*', 'NoneType'), ('.*', 'BigVisionSchedule')]
+    """
+    if schedule is None:
+        return None
+    if isinstance(schedule, (dict, _LR_SCHEDULE)):
+        schedule = [(".*", schedule)]
+    return tuple(
+        (pattern, _schedule_from_entry(entry, schedule_kwargs))
+        for pattern, entry in _pairs("schedule", schedule)
+    )
+
+
+def clip_by_global_norm(grads, clip_norm):
+    """optax's ``clip_by_global_norm``: ``g if G < c else (g / G) * c``, ``G = ||grads||``.
+
+    Args:
+        grads: list of tensors (None entries pass through).
+        clip_norm: float ``c``.
+
+    Returns:
+        The list of clipped tensors.
+
+    Example:
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_scalevit.optimizers import clip_by_global_norm
+    >>> grads = [np.array([3.0, 4.0], "float32")]
+    >>> (clipped,) = clip_by_global_norm(grads, 1.0)
+    >>> [round(float(x), 6) for x in keras.ops.convert_to_numpy(clipped)]
+    [0.6, 0.8]
+    """
+    squares = [ops.sum(ops.square(g)) for g in grads if g is not None]
+    if not squares:
+        return grads
+    norm = ops.sqrt(functools.reduce(ops.add, squares))
+    keep = ops.less(norm, clip_norm)
+    return [
+        None
+        if g is None
+        else ops.where(
+            keep, g, ops.multiply(ops.divide(g, ops.cast(norm, g.dtype)), clip_norm)
+        )
+        for g in grads
+    ]
+
+
+def _reduced_layout(layout, axis):
+    """The layout of a statistic that drops ``axis`` of its variable (or None)."""
+    if isinstance(layout, keras.distribution.TensorLayout):
+        axes = tuple(a for i, a in enumerate(layout.axes) if i != axis)
+        return keras.distribution.TensorLayout(axes, layout.device_mesh)
+    return None
+
+
+class BigVisionOptimizer(keras.optimizers.Optimizer):
+    """Base class: big_vision's gradient clipping, groups, multipliers and weight decay.
+
+    Subclasses implement ``_create_slots(index, variable)`` (in `build`) and
+    ``_direction(gradient, variable, index, values)``, which returns the float32 update
+    direction ``A`` (before the learning rate); this class scales it by the learning
+    rate, the multiplier, adds the decoupled weight decay, applies the group schedule
+    and subtracts it from the variable.
+
+    Args:
+        learning_rate: float or `keras.optimizers.schedules.LearningRateSchedule`
+            (e.g. from `keras_scalevit.schedules.create_learning_rate_schedule`).
+            Evaluated at the update count ``t = iterations`` (so with
+            ``gradient_accumulation_steps`` it counts applied updates, like ``beta2``).
+        weight_decay: float or None. Decoupled decay relative to the learning rate
+            (see the module docstring; big_vision's ``wd`` is ``weight_decay * lr``).
+        weight_decay_multipliers: list of ``(regex, multiplier >= 0)``; the first
+            pattern that ``re.fullmatch``-es ``variable.path`` gives the multiplier, and
+            a variable matching none is not decayed. Default (when ``weight_decay`` is
+            set): big_vision's ``[(".*/kernel$", 1.0)]``.
+        learning_rate_multipliers: list of ``(regex, multiplier > 0)``, first match
+            wins, unmatched variables use 1.
+        schedule: None, or big_vision's ``schedule``: a dict / LearningRateSchedule
+            multiplying the learning rate of every variable, or a list of
+            ``(regex, dict | LearningRateSchedule | None)`` giving each group its own
+            multiplier schedule; ``None`` freezes the group (no update, no state,
+            excluded from ``global_clipnorm``). Every variable must match an entry.
+        schedule_kwargs: dict, big_vision's ``sched_kw`` (``total_steps``,
+            ``batch_size``, ``data_size``), needed when `schedule` contains dicts.
+        **kwargs: `keras.optimizers.Optimizer` arguments (``global_clipnorm`` — big_vision's
+            ``grad_clip_norm``, computed over the non-frozen gradients —
+            ``use_ema``, ``gradient_accumulation_steps``, ``loss_scale_factor``, ...).
+    """
+
+    def __init__(
+        self,
+        learning_rate,
+        *,
+        weight_decay=None,
+        weight_decay_multipliers=None,
+        learning_rate_multipliers=None,
+        schedule=None,
+        schedule_kwargs=None,
+        **kwargs,
+    ):
+        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
+            learning_rate = float(learning_rate)
+        if weight_decay is not None:
+            if isinstance(weight_decay, bool) or not isinstance(
+                weight_decay, numbers.Real
+            ):
+                raise TypeError(
+                    f"`weight_decay` must be a float or None; received {weight_decay!r}."
+                )
+            if weight_decay < 0:
+                raise ValueError(
+                    f"`weight_decay` must be >= 0; received weight_decay={weight_decay!r}."
+                )
+            weight_decay = float(weight_decay)
+        super().__init__(
+            learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
+        )
+        if weight_decay_multipliers is None and weight_decay:
+            weight_decay_multipliers = DEFAULT_WEIGHT_DECAY_MULTIPLIERS
+        self.weight_decay_multipliers = normalize_multipliers(
+            "weight_decay_multipliers", weight_decay_multipliers, allow_zero=True
+        )
+        self.learning_rate_multipliers = normalize_multipliers(
+            "learning_rate_multipliers", learning_rate_multipliers, allow_zero=False
+        )
+        self.schedule = normalize_schedule(schedule, schedule_kwargs)
+
+    # --- per-variable facts, resolved once -------------------------------------
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        wd_patterns = [p for p, _ in self.weight_decay_multipliers]
+        lr_patterns = [p for p, _ in self.learning_rate_multipliers]
+        rules, unmatched = [], []
+        # Groups are numbered like big_vision's `schedule_fns`: non-frozen entries in
+        # config order.
+        group_of_entry, group_schedules = {}, []
+        for entry, (_, sched) in enumerate(self.schedule or ()):
+            if sched is not None:
+                group_of_entry[entry] = len(group_schedules)
+                group_schedules.append(sched)
+        for variable in variables:
+            path = variable.path
+            frozen, group = False, None
+            if self.schedule is not None:
+                entry = first_match([p for p, _ in self.schedule], path)
+                if entry is None:
+                    unmatched.append(path)
+                    continue
+                sched = self.schedule[entry][1]
+                frozen = sched is None
+                group = None if frozen else group_of_entry[entry]
+            k = first_match(lr_patterns, path)
+            lr_mult = 1.0 if k is None else self.learning_rate_multipliers[k][1]
+            k = first_match(wd_patterns, path)
+            wd_mult = 0.0 if k is None else self.weight_decay_multipliers[k][1]
+            if not self.weight_decay or not self._use_weight_decay(variable):
+                wd_mult = 0.0
+            rules.append(VariableRule(path, frozen, group, lr_mult, wd_mult))
+        if unmatched:
+            raise ValueError(
+                "Every variable must match an entry of `schedule` (use None to freeze); "
+                f"unmatched: {unmatched}. Patterns: {[p for p, _ in self.schedule]}."
+            )
+        self._rules = tuple(rules)
+        self._group_schedules = tuple(group_schedules)
+        self._any_frozen = any(r.frozen for r in rules)
+        self._prepare_slots()
+        for index, variable in enumerate(variables):
+            if rules[index].frozen or self._overwrite_variable_with_gradient(variable):
+                self._create_slots(index, variable, trained=False)
+            else:
+                self._create_slots(index, variable, trained=True)
+
+    @property
+    def variable_rules(self):
+        """Tuple of `VariableRule`, one per variable the optimizer was built with."""
+        return self._rules
+
+    @property
+    def group_schedules(self):
+        """The per-group multiplier schedules: non-frozen `schedule` entries in order."""
+        return self._group_schedules
+
+    def variable_state(self, variable):
+        """The optimizer's state variables for one model variable, by name.
+
+        Args:
+            variable: a variable the optimizer was built with.
+
+        Returns:
+            dict mapping slot names (e.g. ``"momentum"``, ``"v_row"``, ``"v_col"``,
+            ``"v"``) to `keras.Variable`; empty for frozen variables.
+        """
+        index = self._get_variable_index(variable)
+        state = {}
+        for name, slots in self._slot_lists().items():
+            if slots[index] is not None:
+                state[name] = slots[index]
+        return state
+
+    def _slot_lists(self):
+        return {}
+
+    def _prepare_slots(self):
+        """Creates the (empty) per-variable slot lists; called once by `build`."""
+
+    def _create_slots(self, index, variable, trained):
+        """Appends variable ``index``'s slots (None when ``trained`` is False)."""
+        raise NotImplementedError
+
+    def _slot_name(self, variable, name):
+        return f"{variable.path.replace('/', '_')}_{name}"
+
+    def _add_slot(self, variable, name, shape, dtype="float32", layout=None):
+        return self.add_variable(
+            shape=tuple(shape),
+            initializer="zeros",
+            dtype=dtype,
+            name=self._slot_name(variable, name),
+            layout=layout,
+        )
+
+    @staticmethod
+    def _layout_without_axis(variable, axis):
+        return _reduced_layout(getattr(variable, "_layout", None), axis)
+
+    # --- the update --------------------------------------------------------------
+
+    def _apply_weight_decay(self, variables):
+        # Keras' own decay (every variable, applied before the step) is replaced by
+        # big_vision's pattern-selected decay inside `update_step`.
+        return
+
+    def _clip_gradients(self, grads):
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            return clip_by_global_norm(grads, self.global_clipnorm)
+        return super()._clip_gradients(grads)
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        if self._any_frozen:
+            # Frozen variables take no part: not in the global norm, no update.
+            kept = [
+                (g, v)
+                for g, v in zip(grads, trainable_variables, strict=True)
+                if not self._rules[self._get_variable_index(v)].frozen
+            ]
+            if not kept:
+                return
+            grads, trainable_variables = (list(x) for x in zip(*kept, strict=True))
+        return super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # Everything that depends only on the step is computed once per update and
+        # handed to `update_step` in place of the learning rate.
+        step = self.iterations
+        values = {"learning_rate": self._learning_rate_at(step)}
+        values["groups"] = [ops.cast(s(step), "float32") for s in self._group_schedules]
+        values.update(self._step_values(step))
+        return super()._backend_update_step(grads, trainable_variables, values)
+
+    def _learning_rate_at(self, step):
+        lr = self._learning_rate
+        if isinstance(lr, _LR_SCHEDULE):
+            lr = lr(step)
+        elif callable(lr) and not isinstance(lr, keras.Variable):
+            lr = lr()
+        return ops.cast(lr, "float32")
+
+    def _step_values(self, step):
+        return {}
+
+    def update_step(self, gradient, variable, learning_rate):
+        values = learning_rate
+        index = self._get_variable_index(variable)
+        rule = self._rules[index]
+        direction = self._direction(
+            ops.cast(gradient, "float32"), variable, index, values
+        )
+        lr = values["learning_rate"]
+        update = ops.multiply(direction, lr)
+        if rule.learning_rate_multiplier != 1.0:
+            update = ops.multiply(update, rule.learning_rate_multiplier)
+        if rule.weight_decay_multiplier:
+            coefficient = ops.multiply(
+                lr, self.weight_decay * rule.weight_decay_multiplier
+            )
+            value = ops.cast(variable, "float32")
+            update = ops.add(update, ops.multiply(coefficient, value))
+        if rule.group is not None:
+            update = ops.multiply(update, values["groups"][rule.group])
+        self.assign_sub(variable, update)
+
+    def _direction(self, gradient, variable, index, values):
+        raise NotImplementedError
+
+    # --- serialization -----------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        schedule = None
+        if self.schedule is not None:
+            schedule = [
+                [p, None if s is None else keras.saving.serialize_keras_object(s)]
+                for p, s in self.schedule
+            ]
+        config.update(
+            weight_decay_multipliers=[list(r) for r in self.weight_decay_multipliers],
+            learning_rate_multipliers=[list(r) for r in self.learning_rate_multipliers],
+            schedule=schedule,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if config.get("schedule") is not None:
+            config["schedule"] = [
+                (
+                    p,
+                    keras.saving.deserialize_keras_object(
+                        s, custom_objects=custom_objects
+                    )
+                    if isinstance(s, dict) and "class_name" in s
+                    else s,
+                )
+                for p, s in config["schedule"]
+            ]
+        return super().from_config(config, custom_objects=custom_objects)
+
+
+__all__ = [
+    "BigVisionOptimizer",
+    "momentum_dtype_and_decay",
+    "DEFAULT_WEIGHT_DECAY_MULTIPLIERS",
+    "VariableRule",
+    "clip_by_global_norm",
+    "first_match",
+    "normalize_multipliers",
+    "normalize_schedule",
+]
