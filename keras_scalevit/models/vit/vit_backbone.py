@@ -39,7 +39,7 @@ class ViTBackbone(keras.Model):
         class_token: bool. Prepend a learned class token (big_vision's ``"tok"``).
         dropout: float. One rate for every dropout site, as big_vision.
         remat: bool. Rematerialise each encoder block in the backward pass
-            (`keras.RematScope`): trades compute for activation memory.
+            (`keras.remat`): trades compute for activation memory.
         flash_attention: bool or None. Passed to `keras.ops.dot_product_attention`.
             Off by default (see keras-team/keras#21116).
         dtype: dtype policy, e.g. ``"mixed_bfloat16"``; LayerNorms compute in float32
@@ -107,18 +107,18 @@ class ViTBackbone(keras.Model):
         )
         cls_token = ClassToken(dtype=policy, name="cls") if class_token else None
         embedding_dropout = keras.layers.Dropout(dropout, dtype=policy, name="dropout")
-        with keras.RematScope(mode="full" if remat else None):
-            blocks = [
-                EncoderBlock(
-                    num_heads,
-                    mlp_dim,
-                    dropout,
-                    flash_attention,
-                    dtype=policy,
-                    name=f"encoderblock_{i}",
-                )
-                for i in range(depth)
-            ]
+        blocks = [
+            EncoderBlock(
+                num_heads,
+                mlp_dim,
+                dropout,
+                flash_attention,
+                remat=remat,
+                dtype=policy,
+                name=f"encoderblock_{i}",
+            )
+            for i in range(depth)
+        ]
         encoder_norm = LayerNorm(dtype=_head_policy(policy), name="encoder_norm")
 
         # === Functional model ===

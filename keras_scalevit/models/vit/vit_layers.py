@@ -76,6 +76,24 @@ class LayerNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+class _FixedSeed(keras.random.SeedGenerator):
+    """A seed generator that returns one given seed tensor (no state of its own)."""
+
+    def __init__(self, seed):  # no state variable: do not call super().__init__
+        self._fixed_seed = seed
+        self._initial_seed = 0  # marks it as seeded (the torch backend checks)
+
+    def next(self, ordered=True):
+        return self._fixed_seed
+
+
+def _dropout(layer, x, training, seed):
+    """``layer(x)``, or the same dropout drawn from an explicit ``seed`` tensor."""
+    if seed is None or not training or layer.rate == 0:
+        return layer(x, training=training)
+    return keras.random.dropout(x, layer.rate, seed=_FixedSeed(seed))
+
+
 @keras.saving.register_keras_serializable(package="keras_scalevit")
 class MlpBlock(keras.layers.Layer):
     """Transformer MLP: Dense → tanh-approximated GELU → Dropout → Dense.
@@ -117,10 +135,10 @@ class MlpBlock(keras.layers.Layer):
         )
         self.dense_1.build((*input_shape[:-1], self.mlp_dim))
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, dropout_seed=None):
         x = self.dense_0(x)
         x = keras.activations.gelu(x, approximate=True)
-        x = self.drop(x, training=training)
+        x = _dropout(self.drop, x, training, dropout_seed)
         return self.dense_1(x)
 
     def get_config(self):
@@ -225,6 +243,9 @@ class EncoderBlock(keras.layers.Layer):
         mlp_dim: int. MLP hidden width.
         dropout: float. Rate after attention, inside the MLP and after the MLP.
         flash_attention: bool or None. See `MultiHeadDotProductAttention`.
+        remat: bool. Recompute the block's activations in the backward pass
+            (`keras.remat`) instead of storing them: less activation memory for
+            about one more forward pass of compute.
         **kwargs: base layer keyword arguments.
 
     Example:
@@ -235,13 +256,20 @@ class EncoderBlock(keras.layers.Layer):
     """
 
     def __init__(
-        self, num_heads, mlp_dim, dropout=0.0, flash_attention=False, **kwargs
+        self,
+        num_heads,
+        mlp_dim,
+        dropout=0.0,
+        flash_attention=False,
+        remat=False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.mlp_dim = mlp_dim
         self.dropout = dropout
         self.flash_attention = flash_attention
+        self.remat = bool(remat)
         kw = dict(dtype=self.dtype_policy)
         self.ln_0 = LayerNorm(name="LayerNorm_0", **kw)
         self.attention = MultiHeadDotProductAttention(
@@ -257,11 +285,24 @@ class EncoderBlock(keras.layers.Layer):
         self.ln_1.build(input_shape)
         self.mlp.build(input_shape)
 
-    def call(self, x, training=None):
+    def _forward(self, x, training, seeds=(None, None, None)):
         y = self.attention(self.ln_0(x))
-        x = x + self.drop(y, training=training)
-        y = self.mlp(self.ln_1(x), training=training)
-        return x + self.drop(y, training=training)
+        x = x + _dropout(self.drop, y, training, seeds[0])
+        y = self.mlp(self.ln_1(x), training=training, dropout_seed=seeds[1])
+        return x + _dropout(self.drop, y, training, seeds[2])
+
+    def call(self, x, training=None):
+        seeds = (None, None, None)
+        if training and self.dropout > 0:
+            # The three dropout seeds are drawn up front (outside any remat): the
+            # recomputation in the backward pass then draws the same masks, and no
+            # RNG state update leaks out of it. Same masks with and without remat.
+            seeds = tuple(self.drop.seed_generator.next() for _ in range(3))
+        if not (self.remat and training):
+            return self._forward(x, training, seeds)
+        # `keras.remat` wraps a function of tensors only; `training` is closed over
+        # (a Python bool/None argument breaks jax.checkpoint and tf.recompute_grad).
+        return keras.remat(lambda t: self._forward(t, training, seeds))(x)
 
     def get_config(self):
         return {
@@ -270,6 +311,7 @@ class EncoderBlock(keras.layers.Layer):
             "mlp_dim": self.mlp_dim,
             "dropout": self.dropout,
             "flash_attention": self.flash_attention,
+            "remat": self.remat,
         }
 
 
