@@ -61,6 +61,13 @@ def load_npz(path):
     with np.load(path, allow_pickle=False) as z:
         params = {k: _to_float(z[k]) for k in z.files}
     if subtree:
+        # As big_vision's utils.load_params: the subtree is taken inside the
+        # parameters, i.e. after a top-level 'params/' (or 'opt/target/') prefix
+        # is removed (SigLIP files hold 'params/img/...': 'file.npz:img').
+        for prefix in ("params/", "opt/target/"):
+            if any(k.startswith(prefix) for k in params):
+                params = _take_prefix(params, prefix)
+                break
         params = _take_prefix(params, subtree.strip("/") + "/")
         if not params:
             raise ValueError(f"Checkpoint {path!r} has no subtree {subtree!r}.")

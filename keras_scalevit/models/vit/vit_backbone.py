@@ -153,6 +153,9 @@ class ViTBackbone(keras.Model):
         self.remat = remat
         self.flash_attention = flash_attention
         self.grid_size = grid
+        # `keras.Model(inputs, outputs)` ignores `dtype` (its policy stays the
+        # global one), so the policy given here is kept for `get_config`.
+        self._policy_config = policy
 
     @classmethod
     def from_variant(cls, variant, *, image_size=224, **kwargs):
@@ -174,7 +177,7 @@ class ViTBackbone(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": keras.dtype_policies.serialize(self._policy_config),
             "image_size": self.image_size,
             "patch_size": self.patch_size,
             "width": self.width,

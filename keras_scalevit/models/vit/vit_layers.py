@@ -180,7 +180,8 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         self.num_heads = num_heads
         self.flash_attention = flash_attention
 
-    def build(self, query_shape, key_shape=None):
+    def build(self, query_shape, key_value_shape=None):
+        # Argument names must be call()'s names + "_shape" (Keras' build rule).
         width = query_shape[-1]
         if width % self.num_heads:
             raise ValueError(
@@ -203,10 +204,10 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         self.out = keras.layers.EinsumDense(
             "bthk,hkd->btd", (None, width), bias_axes="d", name="out", **kw
         )
-        key_shape = query_shape if key_shape is None else key_shape
+        kv_shape = query_shape if key_value_shape is None else key_value_shape
         self.query.build(query_shape)
-        self.key.build(key_shape)
-        self.value.build(key_shape)
+        self.key.build(kv_shape)
+        self.value.build(kv_shape)
         self.out.build((*query_shape[:-1], self.num_heads, head_dim))
 
     def call(self, query, key_value=None):
@@ -223,7 +224,7 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         )
         return self.out(x)
 
-    def compute_output_shape(self, query_shape, key_shape=None):
+    def compute_output_shape(self, query_shape, key_value_shape=None):
         return query_shape
 
     def get_config(self):
