@@ -7,5 +7,6 @@ from keras_scalevit import losses
 from keras_scalevit import models
 from keras_scalevit import optimizers
 from keras_scalevit import schedules
+from keras_scalevit import transfer
 
 __version__ = "0.1.0"
