@@ -1,0 +1,678 @@
+r"""Training entry point: big_vision's ``train.py`` recipe with Keras ``model.fit``.
+
+Usage::
+
+    python -m keras_scalevit.train --config=keras_scalevit/configs/digits.py \
+        --workdir=/tmp/digits
+    python -m keras_scalevit.train --config=keras_scalevit/configs/vit_i1k.py:variant=B/16 \
+        --workdir=/tmp/b16 --config.total_steps=1000
+
+``--config`` defaults to the embedded digits config. The config follows
+big_vision's current layout (``config.input.*``, ``config.model.*``,
+``config.optax_name``/``optax``/``lr``/``wd``/``wd_mults``/``schedule``,
+``config.evals.*``; see ``keras_scalevit/configs/digits.py`` for every key).
+
+Workdir contents:
+
+- ``checkpoint.npz``: the last checkpoint (model and optimizer variables, the
+  optimizer step and a fingerprint of the run), written every
+  ``config.ckpt_steps`` steps and at the end, atomically (temp file, then
+  ``os.replace``), so a killed run always leaves a complete checkpoint.
+- ``metrics.jsonl``: one JSON object per line: training lines every
+  ``config.log_training_steps`` steps (``loss`` and ``prec@1`` are Keras' running
+  means over the current progress-bar epoch), epoch lines with ``val_*`` and
+  ``fewshot/*`` results, and a last ``"final": true`` line.
+- ``training_curves.png``, ``model.keras`` and ``config.json``.
+
+Exact resume: rerunning the same command continues from ``checkpoint.npz``. The
+data pipeline is a deterministic function of the seed and the position, so the
+input restarts at batch ``step`` (``make_dataset(start_batch=step)``); together
+with the restored variables the resumed run ends with the same weights as an
+uninterrupted one (bitwise on JAX in the tests). A checkpoint that cannot be read
+or that belongs to a different run (model, input or optimizer type) raises
+`CheckpointError` naming the file: it is never silently ignored.
+"""
+
+import json
+import math
+import os
+import re
+import time
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+CHECKPOINT_NAME = "checkpoint.npz"
+METRICS_NAME = "metrics.jsonl"
+PLOT_NAME = "training_curves.png"
+MODEL_NAME = "model.keras"
+_CKPT_FORMAT = 1
+_META_KEY = "__meta__"
+# pp ops whose first argument fixes the output image size (last one wins).
+_SIZE_OPS = (
+    "resize",
+    "central_crop",
+    "random_crop",
+    "inception_crop",
+    "decode_jpeg_and_inception_crop",
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be used (corrupt or from another run)."""
+
+
+# ---------------------------------------------------------------- config utils
+
+
+def _get(config, key, default=None):
+    """``config.key`` for ConfigDicts and dicts, ``default`` when absent/None."""
+    if config is None:
+        return default
+    try:
+        value = config[key]
+    except (KeyError, AttributeError, TypeError):
+        return default
+    return default if value is None else value
+
+
+def _to_dict(value):
+    if value is None:
+        return {}
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return dict(value)
+
+
+def image_size_from_config(config):
+    """``config.image_size`` or the size the training pp string produces.
+
+    The last ``resize(N)``, ``*_crop(N)`` op of ``config.input.pp`` decides; a
+    config whose pp ends at an unknown size must set ``config.image_size``.
+    """
+    size = _get(config, "image_size")
+    if size:
+        return size
+    pp = _get(config.input, "pp", "")
+    found = None
+    for op, arg in re.findall(r"(\w+)\(\s*(\d+)", pp):
+        if op in _SIZE_OPS:
+            found = int(arg)
+    if found is None:
+        raise ValueError(
+            "Cannot infer the image size from config.input.pp="
+            f"{pp!r}; set config.image_size."
+        )
+    return found
+
+
+def total_steps_from_config(config, num_train_examples=None):
+    """``config.total_steps``, or ``round(total_epochs * examples / batch)``."""
+    steps = _get(config, "total_steps")
+    if steps:
+        return int(steps)
+    epochs = _get(config, "total_epochs")
+    if epochs is None:
+        raise ValueError("The config needs `total_steps` or `total_epochs`.")
+    if num_train_examples is None:
+        raise ValueError("`total_epochs` needs the number of training examples.")
+    return max(1, round(epochs * num_train_examples / config.input.batch_size))
+
+
+def build_model(config, image_size=None):
+    """The model a config describes (``config.model`` or ``config.model_init``)."""
+    image_size = image_size or image_size_from_config(config)
+    model_name = _get(config, "model_name", "vit")
+    if model_name != "vit":
+        raise ValueError(f"Unsupported config.model_name={model_name!r}; use 'vit'.")
+    head_bias = float(_get(config, "init_head_bias", 0.0))
+    model_init = _get(config, "model_init")
+    if model_init:
+        from keras_scalevit import transfer  # lazy: optional module
+
+        # config.model (variant, pool_type, dropout, ...; checked against or
+        # applied to the initial model) plus big_vision's config.model_load
+        # (e.g. dont_load=["head/kernel", "head/bias"]).
+        kwargs = {
+            k: v for k, v in _to_dict(_get(config, "model")).items() if v is not None
+        }
+        kwargs.update(_to_dict(_get(config, "model_load")))
+        return transfer.build_transfer_model(
+            model_init,
+            image_size=image_size,
+            num_classes=config.num_classes,
+            head_bias_init=head_bias,
+            **kwargs,
+        )
+    from keras_scalevit.models import ViTClassifier
+
+    kwargs = _to_dict(config.model)
+    variant = kwargs.pop("variant")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    return ViTClassifier.from_variant(
+        variant,
+        num_classes=config.num_classes,
+        image_size=image_size,
+        head_bias_init=head_bias,
+        name="vit",
+        **kwargs,
+    )
+
+
+def build_optimizer(config, total_steps, data_size=None):
+    from keras_scalevit.optimizers import from_big_vision_config
+
+    kwargs = {}
+    if _get(config, "ema_momentum") is not None:  # Polyak averaging (fine-tuning)
+        from keras_scalevit.transfer import ema_optimizer_kwargs
+
+        kwargs = ema_optimizer_kwargs(config)
+    return from_big_vision_config(
+        config,
+        total_steps=total_steps,
+        batch_size=config.input.batch_size,
+        data_size=data_size,
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _fingerprint(config, model, optimizer, image_size):
+    """What must not change between a checkpoint and the run resuming from it."""
+    data = _to_dict(config.input.data)
+    return {
+        "model_name": _get(config, "model_name", "vit"),
+        "model": json.dumps(_to_dict(config.model), sort_keys=True, default=str),
+        "model_init": str(_get(config, "model_init", "")),
+        "num_classes": int(config.num_classes),
+        "image_size": json.dumps(image_size),
+        "optimizer": type(optimizer).__name__,
+        "input": json.dumps(
+            {
+                "name": data.get("name"),
+                "split": data.get("split"),
+                "pp": config.input.pp,
+                "batch_size": config.input.batch_size,
+                "seed": _get(config, "seed", 0),
+            },
+            sort_keys=True,
+        ),
+    }
+
+
+def _variable_table(variables, strip_scope=False):
+    # The optimizer's scope is its (process-unique) name, e.g. "adafactor_1".
+    def name(v):
+        return v.path.split("/", 1)[-1] if strip_scope else v.path
+
+    return [[name(v), list(v.shape), str(v.dtype)] for v in variables]
+
+
+def save_checkpoint(path, model, step, fingerprint):
+    """Writes model + optimizer variables and ``step`` atomically to ``path``."""
+    arrays, meta = {}, {"format": _CKPT_FORMAT, "step": int(step)}
+    meta["fingerprint"] = fingerprint
+    for group, variables in (
+        ("model", model.variables),
+        ("optimizer", model.optimizer.variables),
+    ):
+        meta[group] = _variable_table(variables, group == "optimizer")
+        for i, v in enumerate(variables):
+            a = np.asarray(keras.ops.convert_to_numpy(v.value))
+            if a.dtype.name == "bfloat16":
+                a = a.view(np.uint16)  # npz cannot store ml_dtypes' bfloat16
+            arrays[f"{group}/{i}"] = a
+    arrays[_META_KEY] = np.asarray(json.dumps(meta))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _mismatch(path, what):
+    return CheckpointError(
+        f"Checkpoint {path} does not match this run: {what}. It was written by a "
+        "different configuration; resume with the original config, or use a new "
+        "--workdir (or delete the file) to start from scratch."
+    )
+
+
+def restore_checkpoint(path, model, fingerprint):
+    """Loads ``path`` into ``model`` and its (built) optimizer; returns the step.
+
+    Raises:
+        CheckpointError: naming ``path``, if the file is unreadable or was written
+            by a run with a different model, input or optimizer.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[_META_KEY]))
+            arrays = {k: z[k] for k in z.files if k != _META_KEY}
+    except Exception as e:  # zip/npz/json errors: all mean "corrupt"
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). "
+            "Delete it to start from scratch (or restore a good copy)."
+        ) from e
+    if not isinstance(meta, dict) or meta.get("format") != _CKPT_FORMAT:
+        raise CheckpointError(
+            f"Checkpoint {path} has an unknown format "
+            f"{meta.get('format') if isinstance(meta, dict) else meta!r}."
+        )
+    saved = meta.get("fingerprint", {})
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} != run {fingerprint[k]!r}"
+        for k in fingerprint
+        if saved.get(k) != fingerprint[k]
+    ]
+    if diffs:
+        raise _mismatch(path, "; ".join(diffs))
+    values = []
+    for group, variables in (
+        ("model", model.variables),
+        ("optimizer", model.optimizer.variables),
+    ):
+        table = _variable_table(variables, group == "optimizer")
+        saved_table = meta.get(group)
+        if saved_table is None or len(saved_table) != len(table):
+            raise _mismatch(
+                path,
+                f"{group} has {len(table)} variables, the checkpoint "
+                f"{None if saved_table is None else len(saved_table)}",
+            )
+        for i, (v, mine, theirs) in enumerate(
+            zip(variables, table, saved_table, strict=True)
+        ):
+            if mine[:2] != theirs[:2]:
+                raise _mismatch(
+                    path, f"{group} variable {i} is {mine}, checkpoint has {theirs}"
+                )
+            key = f"{group}/{i}"
+            if key not in arrays:
+                raise CheckpointError(f"Checkpoint {path} is corrupt: no {key!r}.")
+            a = arrays[key]
+            if theirs[2] == "bfloat16" and a.dtype == np.uint16:
+                import ml_dtypes
+
+                a = a.view(ml_dtypes.bfloat16)
+            if list(a.shape) != mine[1]:
+                raise CheckpointError(
+                    f"Checkpoint {path} is corrupt: {key} ({mine[0]}) has shape "
+                    f"{list(a.shape)}, its table says {mine[1]}."
+                )
+            values.append((v, a))
+    for v, a in values:
+        v.assign(a)
+    return int(meta["step"])
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def _floats(logs):
+    out = {}
+    for k, v in (logs or {}).items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+class _JsonLines:
+    def __init__(self, path):
+        self.path = path
+
+    def write(self, record):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step):
+        """Drops records past ``step`` (a resumed run rewrites them)."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = [line for line in f if line.strip()]
+        keep = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if record.get("step", 0) <= step and not record.get("final"):
+                keep.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+
+class TrainLoop(keras.callbacks.Callback):
+    """Counts optimizer steps, logs, checkpoints and stops at ``total_steps``.
+
+    Touches the model (on JAX, a state sync) only at checkpoint steps and at the
+    end; the logged values come from Keras' logs and a host-side schedule.
+    """
+
+    def __init__(
+        self,
+        *,
+        start_step,
+        total_steps,
+        log_steps,
+        ckpt_steps,
+        ckpt_path,
+        fingerprint,
+        writer,
+        lr_fn=None,
+        examples_per_step=None,
+    ):
+        super().__init__()
+        self.step = int(start_step)
+        self.total_steps = int(total_steps)
+        self.log_steps = log_steps
+        self.ckpt_steps = ckpt_steps
+        self.ckpt_path = ckpt_path
+        self.fingerprint = fingerprint
+        self.writer = writer
+        self.lr_fn = lr_fn
+        self.examples_per_step = examples_per_step
+        self._t0 = None
+
+    def on_train_begin(self, logs=None):
+        self._t0 = time.time()
+
+    def save(self):
+        save_checkpoint(self.ckpt_path, self.model, self.step, self.fingerprint)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        done = self.step >= self.total_steps
+        if done or (self.log_steps and self.step % self.log_steps == 0):
+            record = {"step": self.step, **_floats(logs)}
+            if self.lr_fn is not None:
+                record["lr"] = self.lr_fn(self.step - 1)  # the rate of this update
+            if self.examples_per_step:
+                record["examples_seen"] = self.step * self.examples_per_step
+            record["wall_s"] = round(time.time() - self._t0, 3)
+            self.writer.write(record)
+        if done or (self.ckpt_steps and self.step % self.ckpt_steps == 0):
+            self.save()
+        if done:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        record = {"step": self.step, "epoch": epoch + 1}
+        record.update(
+            {k: v for k, v in _floats(logs).items() if "/" in k or "val_" in k}
+        )
+        if len(record) > 2:
+            self.writer.write(record)
+
+
+# ---------------------------------------------------------------- plotting
+
+
+def plot_metrics(metrics_path, png_path):
+    """Plots loss, prec@1 and learning rate from ``metrics.jsonl`` (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = []
+    with open(metrics_path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+
+    def series(key):
+        pts = [(r["step"], r[key]) for r in records if key in r and "step" in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in ("loss", "val_loss"):
+        axes[0].plot(*series(key), label=key, marker="." if "val" in key else None)
+    axes[0].set_yscale("log")
+    fewshot_keys = sorted({k for r in records for k in r if k.startswith("fewshot/")})
+    for key in ("prec@1", "val_prec@1", *fewshot_keys):
+        xs, ys = series(key)
+        if xs:
+            axes[1].plot(xs, ys, label=key, marker="." if key != "prec@1" else None)
+    axes[2].plot(*series("lr"), label="lr")
+    for ax, title in zip(axes, ("loss", "accuracy", "learning rate"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+
+def _first_group_lr(config, optimizer):
+    """Host-side ``lr * schedule(step)`` of the first variable group, for logs."""
+    groups = getattr(optimizer, "schedule", None)
+    lr = float(config.lr)
+    if not groups:
+        return lambda step: lr
+    schedule = groups[0][1]
+    if schedule is None:
+        return None
+    return lambda step: lr * float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def main(config, workdir):
+    """Trains (or resumes) the run ``config`` describes in ``workdir``.
+
+    Args:
+        config: ``ml_collections.ConfigDict`` (see ``configs/digits.py``).
+        workdir: directory for checkpoints, metrics, plot and final model.
+
+    Returns:
+        dict of final metrics (``val_prec@1``, ``val_loss``, few-shot numbers,
+        ``step``).
+    """
+    import keras_scalevit.data as kdata
+    from keras_scalevit import losses
+
+    os.makedirs(workdir, exist_ok=True)
+    backend = keras.backend.backend()
+    seed = int(_get(config, "seed", 0))
+    data = config.input.data
+    data_dir = _get(data, "data_dir")
+    batch_size = int(config.input.batch_size)
+    num_train = kdata.get_num_examples(data.name, data.split, data_dir=data_dir)
+    total_steps = total_steps_from_config(config, num_train)
+    image_size = image_size_from_config(config)
+
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
+
+    keras.utils.set_random_seed(seed)
+    # make_dataset passes tensor seeds to `shuffle`, which fails while TF's global
+    # seed is set (tf.random's get_seed compares them in Python); the data are
+    # seeded explicitly by `config.seed`, so TF's global seed is not needed.
+    import tensorflow as tf
+
+    tf.random.set_seed(None)
+    model = build_model(config, image_size)
+    optimizer = build_optimizer(config, total_steps, data_size=num_train)
+    jit = _get(config, "jit_compile", backend in ("jax", "tensorflow"))
+    model.compile(
+        optimizer=optimizer,
+        loss=losses.get(_get(config, "loss", "sigmoid_xent")),
+        metrics=[keras.metrics.CategoricalAccuracy(name="prec@1")],
+        jit_compile=jit,
+    )
+    optimizer.build(model.trainable_variables)
+
+    ckpt_path = os.path.join(workdir, CHECKPOINT_NAME)
+    fingerprint = _fingerprint(config, model, optimizer, image_size)
+    writer = _JsonLines(os.path.join(workdir, METRICS_NAME))
+    start_step = 0
+    if os.path.exists(ckpt_path):
+        start_step = restore_checkpoint(ckpt_path, model, fingerprint)
+        print(f"Resumed from {ckpt_path} at step {start_step}/{total_steps}.")
+        writer.truncate_after(start_step)
+    elif os.path.exists(writer.path):
+        os.remove(writer.path)  # a run killed before its first checkpoint
+
+    log_steps = int(_get(config, "log_training_steps", 50))
+    ckpt_steps = int(_get(config, "ckpt_steps", 0)) or None
+    evals = _to_dict(_get(config, "evals"))
+    val_cfg = evals.get("val") or {}
+    if val_cfg and val_cfg.get("type", "classification") != "classification":
+        raise ValueError(f"Unsupported evals.val type {val_cfg.get('type')!r}.")
+    steps_per_epoch = int(
+        _get(config, "steps_per_epoch", 0)
+        or val_cfg.get("log_steps")
+        or ckpt_steps
+        or min(total_steps, 1000)
+    )
+    steps_per_epoch = max(1, min(steps_per_epoch, total_steps))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    val_ds = None
+    if val_cfg:
+        val_data = val_cfg.get("data") or {}
+        val_ds = kdata.make_eval_dataset(
+            val_data.get("name", data.name),
+            val_data.get("split", "test"),
+            val_cfg.get("pp_fn", config.input.pp),
+            int(val_cfg.get("batch_size") or batch_size),
+            data_dir=val_data.get("data_dir", data_dir),
+            cache=bool(val_cfg.get("cache", False)),
+        )
+        # The pipeline's cardinality is unknown to tf.data; state it so Keras does
+        # not warn that the validation "input ran out of data".
+        val_batches = math.ceil(
+            kdata.get_num_examples(
+                val_data.get("name", data.name),
+                val_data.get("split", "test"),
+                data_dir=val_data.get("data_dir", data_dir),
+            )
+            / int(val_cfg.get("batch_size") or batch_size)
+        )
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
+
+    callbacks = [
+        TrainLoop(
+            start_step=start_step,
+            total_steps=total_steps,
+            log_steps=log_steps,
+            ckpt_steps=ckpt_steps,
+            ckpt_path=ckpt_path,
+            fingerprint=fingerprint,
+            writer=writer,
+            lr_fn=_first_group_lr(config, optimizer),
+            examples_per_step=batch_size,
+        )
+    ]
+    fewshot_cfg = evals.get("fewshot")
+    fewshot_cb = None
+    if fewshot_cfg:
+        from keras_scalevit.evaluation import FewShotEvaluator
+
+        fewshot_cfg = dict(fewshot_cfg)
+        fewshot_cfg.setdefault("data_dir", data_dir)
+        for tfds_name, *_ in fewshot_cfg.get("datasets", {}).values():
+            kdata.get_builder(tfds_name, fewshot_cfg["data_dir"])  # prepare digits
+        fewshot_cb = FewShotEvaluator.from_config(
+            fewshot_cfg, pp_builder=kdata.get_preprocess_fn
+        )
+        callbacks.insert(0, fewshot_cb)
+
+    t0 = time.time()
+    if start_step < total_steps:
+        train_ds = kdata.make_dataset(
+            data.name,
+            data.split,
+            config.input.pp,
+            batch_size,
+            data_dir=data_dir,
+            seed=seed,
+            shuffle_buffer=int(_get(config.input, "shuffle_buffer_size", 50_000)),
+            cache=_get(config.input, "cache", False),
+            start_batch=start_step,
+            mixup_p=_get(_get(config, "mixup"), "p") or None,
+        )
+        val_freq = max(1, round(int(val_cfg.get("log_steps") or 0) / steps_per_epoch))
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            initial_epoch=min(start_step // steps_per_epoch, epochs - 1),
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            validation_data=val_ds,
+            validation_freq=val_freq,
+            verbose=_get(config, "verbose", 1),
+            shuffle=False,  # make_dataset shuffles (seeded, resumable)
+        )
+    else:  # a finished run restarted: no training, evaluate again
+        if getattr(optimizer, "use_ema", False):
+            # `fit` writes the Polyak averages into the model at its end; the
+            # checkpoint holds the raw weights and the averages.
+            optimizer.finalize_variable_values(model.trainable_variables)
+        if fewshot_cb is not None:
+            fewshot_cb.set_model(model)
+            fewshot_cb.on_train_begin()
+            fewshot_cb.on_train_end()
+    if getattr(optimizer, "use_ema", False):
+        # finalize_variable_values makes each weight share its buffer with the
+        # average; on JAX a later compiled call donates the weight's buffer and
+        # leaves the optimizer's average deleted. Give the weights their own copy.
+        for v in model.trainable_variables:
+            v.assign(keras.ops.copy(v.value))
+    train_wall = time.time() - t0
+
+    final = {"step": start_step if start_step >= total_steps else total_steps}
+    if val_ds is not None:
+        results = model.evaluate(val_ds, return_dict=True, verbose=0)
+        final.update({f"val_{k}": float(v) for k, v in results.items()})
+    if fewshot_cb is not None and fewshot_cb.history:
+        results = fewshot_cb._loggable(fewshot_cb.history[-1]["results"])
+        final.update({k: float(v) for k, v in results.items() if np.isscalar(v)})
+    final.update({"final": True, "train_wall_s": round(train_wall, 2)})
+    writer.write(final)
+    model.save(os.path.join(workdir, MODEL_NAME))
+    plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+    msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
+    print(f"Final (step {final['step']}): {msg}")
+    if "val_prec@1" in final:
+        print(f"Final test accuracy: {final['val_prec@1']:.4f}")
+    return final
+
+
+def _run(argv):
+    from absl import app
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    main(_CONFIG.value, _WORKDIR.value)
+
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config",
+        _DEFAULT_CONFIG,
+        "Training config file (path[:arg]).",
+        lock_config=True,
+    )
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+    app.run(_run)

@@ -1,0 +1,335 @@
+"""The training entry point: runs, exact resume after SIGKILL, checkpoint errors, configs.
+
+Runs once per backend (``KERAS_BACKEND``); the subprocesses inherit it. Nothing
+touches the network: digits are built offline, ImageNet goes through
+``tfds.testing.mock_data``.
+"""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from keras_scalevit import train
+from keras_scalevit.configs import digits, train_vit_g, vit_i1k
+from keras_scalevit.data import make_dataset, make_eval_dataset
+from keras_scalevit.models import count_params
+from keras_scalevit.optimizers import Adafactor
+from tests.conftest import BACKEND
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A config module for the subprocess tests: digits with a tiny model.
+TINY_CONFIG = """
+from keras_scalevit.configs import digits
+
+
+def get_config(arg=None):
+    c = digits.get_config()
+    c.input.data.data_dir = {data_dir!r}
+    c.model.width = 32
+    c.model.depth = 1
+    c.model.num_heads = 2
+    c.model.mlp_dim = 64
+    c.input.batch_size = 32
+    c.total_steps = {total_steps}
+    c.ckpt_steps = 10
+    c.log_training_steps = 1
+    c.verbose = 0
+    c.evals.val.log_steps = 20
+    c.evals.fewshot = {{}}
+    return c
+"""
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, total_steps=12):
+    c = digits.get_config()
+    c.input.data.data_dir = data_dir
+    c.model.width = 32
+    c.model.depth = 1
+    c.model.num_heads = 2
+    c.model.mlp_dim = 64
+    c.input.batch_size = 32
+    c.total_steps = total_steps
+    c.ckpt_steps = 5
+    c.log_training_steps = 2
+    c.verbose = 0
+    c.evals.val.log_steps = 6
+    c.evals.fewshot.shots = (1, 5)
+    c.evals.fewshot.num_seeds = 1
+    return c
+
+
+def _read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _ckpt_arrays(path):
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["__meta__"]))
+        return meta, {k: z[k] for k in z.files if k.startswith("model/")}
+
+
+# ---------------------------------------------------------------- main, in process
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run"))
+    start = time.time()
+    final = train.main(tiny_config(data_dir), workdir)
+    print(f"[{BACKEND}] main(12 steps) took {time.time() - start:.1f}s")
+    return workdir, final
+
+
+def test_main_writes_outputs(finished_run):
+    workdir, final = finished_run
+    for name in ("checkpoint.npz", "metrics.jsonl", "training_curves.png"):
+        assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    train_steps = [r["step"] for r in records if "loss" in r and "lr" in r]
+    assert train_steps == [2, 4, 6, 8, 10, 12]
+    assert all(np.isfinite(r["loss"]) and r["lr"] >= 0 for r in records if "lr" in r)
+    assert any("val_prec@1" in r and not r.get("final") for r in records)
+    assert records[-1]["final"] and records[-1]["step"] == 12
+    assert 0.0 <= final["val_prec@1"] <= 1.0
+    assert {"fewshot/digits_1shot", "fewshot/digits_5shot"} <= set(final)
+    meta, _ = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))
+    assert meta["step"] == 12
+    model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    assert model.output_shape == (None, 10)
+
+
+def test_rerun_of_finished_run_does_not_train(finished_run, data_dir):
+    workdir, final = finished_run
+    before = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))[1]
+    again = train.main(tiny_config(data_dir), workdir)
+    after = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))[1]
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert again["val_prec@1"] == pytest.approx(final["val_prec@1"], abs=1e-6)
+
+
+def test_corrupt_checkpoint_raises_naming_the_file(finished_run, data_dir, tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    data = open(os.path.join(finished_run[0], "checkpoint.npz"), "rb").read()
+    path.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    with pytest.raises(train.CheckpointError, match="corrupt") as info:
+        train.main(tiny_config(data_dir), str(tmp_path))
+    assert str(path) in str(info.value)
+
+
+def test_mismatched_checkpoint_raises_naming_the_file(finished_run, data_dir, tmp_path):
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(open(os.path.join(finished_run[0], "checkpoint.npz"), "rb").read())
+    config = tiny_config(data_dir)
+    config.model.width = 64  # a different model
+    with pytest.raises(train.CheckpointError, match="does not match") as info:
+        train.main(config, str(tmp_path))
+    assert str(path) in str(info.value) and "model" in str(info.value)
+
+
+# ---------------------------------------------------------------- exact resume
+
+
+def _command(config_path, workdir, total_steps):
+    return [
+        sys.executable,
+        "-m",
+        "keras_scalevit.train",
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        f"--config.total_steps={total_steps}",
+    ]
+
+
+def _env():
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", KERAS_BACKEND=BACKEND)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _last_step(metrics_path):
+    try:
+        with open(metrics_path) as f:
+            steps = [json.loads(line).get("step", 0) for line in f if line.strip()]
+        return max(steps, default=0)
+    except (OSError, json.JSONDecodeError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_gives_the_same_weights(data_dir, tmp_path):
+    total = 60
+    config_path = tmp_path / "tiny_config.py"
+    config_path.write_text(TINY_CONFIG.format(data_dir=data_dir, total_steps=7))
+    full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
+
+    subprocess.run(
+        _command(config_path, full_dir, total), env=_env(), check=True, timeout=600,
+        capture_output=True,
+    )  # fmt: skip
+
+    kill_at = int(np.random.default_rng().integers(13, 48))
+    proc = subprocess.Popen(
+        _command(config_path, killed_dir, total),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = killed_dir / "metrics.jsonl"
+    deadline = time.time() + 600
+    while _last_step(metrics) < kill_at and proc.poll() is None:
+        assert time.time() < deadline, "the training run did not progress"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
+    ckpt_step = _ckpt_arrays(killed_dir / "checkpoint.npz")[0]["step"]
+    assert 10 <= ckpt_step < total, ckpt_step
+    print(f"[{BACKEND}] killed near step {kill_at}; checkpoint at {ckpt_step}")
+
+    subprocess.run(
+        _command(config_path, killed_dir, total), env=_env(), check=True, timeout=600,
+        capture_output=True,
+    )  # fmt: skip
+
+    meta_a, full = _ckpt_arrays(full_dir / "checkpoint.npz")
+    meta_b, resumed = _ckpt_arrays(killed_dir / "checkpoint.npz")
+    assert meta_a["step"] == meta_b["step"] == total
+    assert full.keys() == resumed.keys()
+    if BACKEND == "jax":
+        for k in full:
+            np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
+    else:
+        for k in full:
+            np.testing.assert_allclose(
+                resumed[k], full[k], rtol=1e-5, atol=1e-6, err_msg=k
+            )
+    # The resumed metrics continue the log without repeating steps.
+    steps = [r["step"] for r in _read_jsonl(metrics) if "lr" in r]
+    assert steps == list(range(1, total + 1))
+
+
+# ---------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize(
+    "module, arg, variant",
+    [
+        (digits, None, "mu/2"),
+        (train_vit_g, None, "g/14"),
+        (train_vit_g, "g", "g/14"),
+        (train_vit_g, "G", "G/14"),
+        (train_vit_g, "G,batch=16384", "G/14"),
+        (vit_i1k, None, "S/16"),
+        (vit_i1k, "variant=B/16", "B/16"),
+    ],
+)
+def test_configs_parse_and_build(module, arg, variant):
+    config = module.get_config(arg)
+    assert config.model.variant == variant
+    assert train.image_size_from_config(config) == config.image_size
+    for key in ("seed", "num_classes", "loss", "optax_name", "lr", "schedule"):
+        assert key in config, key
+    total = train.total_steps_from_config(config, num_train_examples=1_268_000)
+    optimizer = train.build_optimizer(config, total_steps=total, data_size=1_268_000)
+    assert isinstance(optimizer, Adafactor)
+    # Build at a small size (and, for g/G, one block) to check the wiring only.
+    config.image_size = 28 if variant.endswith("/14") else 32
+    if variant[0] in "gG":
+        config.model.depth = 1
+    model = train.build_model(config)
+    assert model.output_shape == (None, config.num_classes)
+    assert model.pool_type == config.model.pool_type
+
+
+def test_vit_g_config_values():
+    g, big = train_vit_g.get_config("g"), train_vit_g.get_config("G")
+    assert (g.input.batch_size, g.init_head_bias, g.loss) == (
+        32_768,
+        -10.0,
+        "sigmoid_xent",
+    )
+    assert train_vit_g.get_config("G,batch=16384").input.batch_size == 16_384
+    assert g.model.pool_type == "map" and g.optax.beta2_cap == 0.999
+    assert g.optax.dtype_momentum == "bfloat16"
+    assert g.schedule.to_dict() == dict(
+        decay_type="rsqrt", timescale=10_000, warmup_steps=10_000, cooldown_steps=50_000
+    )
+    opt = train.build_optimizer(g, total_steps=g.total_steps)
+    assert opt.weight_decay == pytest.approx(0.03)
+    assert big.model.variant == "G/14"
+    assert count_params("G/14") > count_params("g/14") > 1e9
+    with pytest.raises(ValueError, match="'g' or 'G'"):
+        train_vit_g.get_config("H")
+
+
+def test_config_files_load_with_config_flags():
+    """``--config=path:arg`` and ``--config.x=...`` overrides, as the CLI parses them."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=fv)
+    path = os.path.join(ROOT, "keras_scalevit", "configs", "vit_i1k.py")
+    fv(["prog", f"--config={path}:variant=B/16,aug=none"])
+    assert fv.config.model.variant == "B/16" and fv.config.mixup.p is None
+    # `--config.total_steps=...` overrides are exercised by the resume test's CLI.
+    spec = importlib.util.find_spec("keras_scalevit.configs.digits")
+    assert spec is not None
+
+
+# ---------------------------------------------------------------- ImageNet pp (mock)
+
+
+def test_imagenet_config_pp_strings_on_mock_data():
+    config = vit_i1k.get_config("variant=B/16,aug=light2")
+    with tfds.testing.mock_data(num_examples=8):
+        kw = dict(seed=1, mixup_p=config.mixup.p, shuffle_buffer=8)
+        ds = make_dataset(
+            "imagenet2012", config.input.data.split, config.input.pp, 4, **kw
+        )
+        a = [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
+        ds = make_dataset(
+            "imagenet2012", config.input.data.split, config.input.pp, 4, **kw
+        )
+        b = [(x.numpy(), y.numpy()) for x, y in ds.take(3)]
+        ev = make_eval_dataset("imagenet2012", "validation", config.evals.val.pp_fn, 4)
+        ex, ey = next(iter(ev))
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+        assert xa.shape == (4, 224, 224, 3) and ya.shape == (4, 1000)
+        assert xa.min() >= -1.0 and xa.max() <= 1.0
+        np.testing.assert_allclose(ya.sum(-1), 1.0, rtol=1e-5)  # mixed one-hots
+    assert tuple(ex.shape) == (4, 224, 224, 3) and tuple(ey.shape) == (4, 1000)
+    assert float(np.min(ex)) >= -1.0 and float(np.max(ex)) <= 1.0
+
+
+def test_fine_tune_from_keras_file_with_polyak_averaging(
+    finished_run, data_dir, tmp_path
+):
+    """config.model_init -> transfer.build_transfer_model; config.ema_momentum."""
+    config = tiny_config(data_dir, total_steps=6)
+    config.model_init = os.path.join(finished_run[0], "model.keras")
+    config.ema_momentum = 0.9
+    config.evals.fewshot = {}
+    first = train.main(config, str(tmp_path))
+    again = train.main(config, str(tmp_path))  # finished: re-evaluates only
+    assert again["val_prec@1"] == pytest.approx(first["val_prec@1"], abs=1e-6)
+    model = keras.models.load_model(tmp_path / "model.keras")
+    assert model.output_shape == (None, 10)
