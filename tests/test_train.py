@@ -234,7 +234,7 @@ def test_sigkill_and_restart_gives_the_same_weights(data_dir, tmp_path):
         (train_vit_g, None, "g/14"),
         (train_vit_g, "g", "g/14"),
         (train_vit_g, "G", "G/14"),
-        (train_vit_g, "G,batch=16384", "G/14"),
+        (train_vit_g, "G,batch=32768", "G/14"),
         (vit_i1k, None, "S/16"),
         (vit_i1k, "variant=B/16", "B/16"),
     ],
@@ -260,11 +260,11 @@ def test_configs_parse_and_build(module, arg, variant):
 def test_vit_g_config_values():
     g, big = train_vit_g.get_config("g"), train_vit_g.get_config("G")
     assert (g.input.batch_size, g.init_head_bias, g.loss) == (
-        32_768,
+        16_384,
         -10.0,
         "sigmoid_xent",
     )
-    assert train_vit_g.get_config("G,batch=16384").input.batch_size == 16_384
+    assert train_vit_g.get_config("G,batch=32768").input.batch_size == 32_768
     assert g.model.pool_type == "map" and g.optax.beta2_cap == 0.999
     assert g.optax.dtype_momentum == "bfloat16"
     assert g.schedule.to_dict() == dict(
