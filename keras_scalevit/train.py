@@ -500,12 +500,6 @@ def main(config, workdir):
         json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
 
     keras.utils.set_random_seed(seed)
-    # make_dataset passes tensor seeds to `shuffle`, which fails while TF's global
-    # seed is set (tf.random's get_seed compares them in Python); the data are
-    # seeded explicitly by `config.seed`, so TF's global seed is not needed.
-    import tensorflow as tf
-
-    tf.random.set_seed(None)
     model = build_model(config, image_size)
     optimizer = build_optimizer(config, total_steps, data_size=num_train)
     jit = _get(config, "jit_compile", backend in ("jax", "tensorflow"))
@@ -564,6 +558,8 @@ def main(config, workdir):
             )
             / int(val_cfg.get("batch_size") or batch_size)
         )
+        import tensorflow as tf
+
         val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
 
     callbacks = [

@@ -14,6 +14,7 @@ first ``g % N`` raw (not yet preprocessed) examples of it, ``g = b * batch``.
 """
 
 import contextlib
+import functools
 import io
 
 import tensorflow as tf
@@ -181,6 +182,32 @@ def get_num_examples(
     return n
 
 
+def _without_tf_global_seed(fn):
+    """Runs ``fn`` with TF's global seed cleared, then restores the seed.
+
+    The pipeline seeds every random op explicitly from ``seed``; with a global
+    seed set (``keras.utils.set_random_seed``) TF would mix it into the per-epoch
+    shuffle seeds (a tensor), which fails while tracing and would make the data
+    order depend on global state.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from tensorflow.python.eager import context
+
+        saved = context.global_seed()
+        if saved is None:
+            return fn(*args, **kwargs)
+        tf.random.set_seed(None)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            tf.random.set_seed(saved)
+
+    return wrapper
+
+
+@_without_tf_global_seed
 def make_dataset(
     dataset,
     split,

@@ -128,6 +128,23 @@ def test_cache_gives_the_same_stream(digits_dir):
     assert _same(plain, cached)
 
 
+def test_global_seed_neither_breaks_nor_changes_the_stream(digits_dir):
+    # keras.utils.set_random_seed sets TF's global seed; the pipeline is seeded by
+    # `seed` alone, so the stream must be the one built without a global seed.
+    from tensorflow.python.eager import context
+
+    pp = "decode|inception_crop(8)|flip_lr|" + DIGITS_PP.split("|", 1)[1]
+    kw = dict(data_dir=digits_dir, seed=3)
+    tf.random.set_seed(None)
+    plain = _take(make_dataset("scalevit_digits", "train", pp, 16, **kw), 3)
+    for global_seed in (0, 7):
+        keras.utils.set_random_seed(global_seed)
+        seeded = _take(make_dataset("scalevit_digits", "train", pp, 16, **kw), 3)
+        assert _same(plain, seeded)
+        assert context.global_seed() == global_seed  # restored afterwards
+    tf.random.set_seed(None)
+
+
 def test_processes_read_disjoint_shares(digits_dir):
     def images(process_index, process_count):
         ds = make_eval_dataset(
