@@ -59,6 +59,23 @@ def fixture_names(subdir, suffix=".npz"):
     return sorted(p.name for p in d.glob(f"*{suffix}"))
 
 
+def model_fixture_names(keep):
+    """Sorted ``models/`` fixture names whose manifest entry passes ``keep(entry)``.
+
+    Read at collection time to parametrize tests; a placeholder when the fixtures
+    are absent (the test then skips via ``load_fixture``).
+    """
+    path = BV_FIXTURES / "manifest.json"
+    if not path.is_file():
+        return ["<fixtures absent>"]
+    files = json.loads(path.read_text())["files"]
+    return sorted(
+        k.split("/", 1)[1]
+        for k, v in files.items()
+        if k.startswith("models/") and keep(v)
+    )
+
+
 def rel_err(actual, expected):
     """max|actual - expected| / max|expected| (the manifest's measure)."""
     actual = np.asarray(actual, np.float64)

@@ -1,11 +1,9 @@
 """Converter round trips and checkpoint layouts (spec §1.6, §1.8, §2)."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
-from conftest import BV_FIXTURES, load_fixture, rel_err
+from conftest import BV_FIXTURES, load_fixture, model_fixture_names, rel_err
 
 from keras_scalevit.convert import (
     from_big_vision,
@@ -25,23 +23,14 @@ def _np(x):
     return keras.ops.convert_to_numpy(x)
 
 
-def _modern_fixtures():
-    """Model fixtures stored in the modern per-block layout under ``params/``."""
-    path = BV_FIXTURES / "manifest.json"
-    if not path.is_file():
-        return ["<fixtures absent>"]
-    files = json.loads(path.read_text())["files"]
-    return sorted(
-        k.split("/", 1)[1]
-        for k, v in files.items()
-        if k.startswith("models/")
-        and v.get("kind") == "model"
+# Model fixtures stored in the modern per-block layout under ``params/``.
+MODERN = model_fixture_names(
+    lambda v: (
+        v.get("kind") == "model"
         and not v["model_kwargs"].get("scan")
         and not any(a.startswith("opt/target/") for a in v.get("arrays", {}))
     )
-
-
-MODERN = _modern_fixtures()
+)
 
 
 def _bv_params(name):

@@ -11,13 +11,18 @@ with a >5x margin; any real mistake (LayerNorm eps, GELU flavour, token order,
 posemb x/y order, MAP residual, ...) moves the outputs by >= 1e-3.
 """
 
-import json
 import re
 
 import keras
 import numpy as np
 import pytest
-from conftest import BV_FIXTURES, fixture_names, load_fixture, rel_err
+from conftest import (
+    BV_FIXTURES,
+    fixture_names,
+    load_fixture,
+    model_fixture_names,
+    rel_err,
+)
 
 from keras_scalevit.convert import from_big_vision, load_npz, normalize_checkpoint
 from keras_scalevit.models import posemb_sincos2d, resample_posemb
@@ -31,20 +36,10 @@ TOL = 1e-5  # float32 round-off, see the module docstring.
 MODEL_FIXTURES = fixture_names("models")
 
 
-def _with_intermediates():
-    """Model fixtures that carry big_vision's intermediate outputs (per manifest)."""
-    path = BV_FIXTURES / "manifest.json"
-    if not path.is_file():
-        return ["<fixtures absent>"]
-    files = json.loads(path.read_text())["files"]
-    return sorted(
-        k.split("/", 1)[1]
-        for k, v in files.items()
-        if k.startswith("models/") and "outputs/encoded" in v.get("arrays", {})
-    )
-
-
-INTERMEDIATE_FIXTURES = _with_intermediates()
+# Model fixtures that carry big_vision's intermediate outputs (per manifest).
+INTERMEDIATE_FIXTURES = model_fixture_names(
+    lambda v: "outputs/encoded" in v.get("arrays", {})
+)
 
 
 def _np(x):
