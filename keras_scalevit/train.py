@@ -191,6 +191,12 @@ def _fingerprint(config, model, optimizer, image_size):
         "num_classes": int(config.num_classes),
         "image_size": json.dumps(image_size),
         "optimizer": type(optimizer).__name__,
+        # Learning rate, schedule (with total_steps), decay, multipliers, clipping.
+        "optimizer_config": json.dumps(
+            {k: v for k, v in optimizer.get_config().items() if k != "name"},
+            sort_keys=True,
+            default=str,
+        ),
         "input": json.dumps(
             {
                 "name": data.get("name"),
@@ -198,8 +204,12 @@ def _fingerprint(config, model, optimizer, image_size):
                 "pp": config.input.pp,
                 "batch_size": config.input.batch_size,
                 "seed": _get(config, "seed", 0),
+                "shuffle_buffer_size": _get(config.input, "shuffle_buffer_size"),
+                "cache": _get(config.input, "cache"),
+                "mixup": json.dumps(_to_dict(_get(config, "mixup")), sort_keys=True),
             },
             sort_keys=True,
+            default=str,
         ),
     }
 
@@ -288,7 +298,7 @@ def restore_checkpoint(path, model, fingerprint):
         for i, (v, mine, theirs) in enumerate(
             zip(variables, table, saved_table, strict=True)
         ):
-            if mine[:2] != theirs[:2]:
+            if mine != theirs:
                 raise _mismatch(
                     path, f"{group} variable {i} is {mine}, checkpoint has {theirs}"
                 )
@@ -355,8 +365,11 @@ class _JsonLines:
 class TrainLoop(keras.callbacks.Callback):
     """Counts optimizer steps, logs, checkpoints and stops at ``total_steps``.
 
-    Touches the model (on JAX, a state sync) only at checkpoint steps and at the
-    end; the logged values come from Keras' logs and a host-side schedule.
+    Training lines are written every ``log_steps`` steps from Keras' logs and a
+    host-side schedule. Checkpoints are written at the end of a progress-bar epoch
+    (``main`` makes every ``ckpt_steps`` multiple an epoch boundary), after that
+    epoch's validation and few-shot record, so a resumed run repeats exactly the
+    epochs, evaluations and running means of an uninterrupted one.
     """
 
     def __init__(
@@ -401,8 +414,6 @@ class TrainLoop(keras.callbacks.Callback):
                 record["examples_seen"] = self.step * self.examples_per_step
             record["wall_s"] = round(time.time() - self._t0, 3)
             self.writer.write(record)
-        if done or (self.ckpt_steps and self.step % self.ckpt_steps == 0):
-            self.save()
         if done:
             self.model.stop_training = True
 
@@ -413,6 +424,9 @@ class TrainLoop(keras.callbacks.Callback):
         )
         if len(record) > 2:
             self.writer.write(record)
+        done = self.step >= self.total_steps
+        if done or (self.ckpt_steps and self.step % self.ckpt_steps == 0):
+            self.save()
 
 
 # ---------------------------------------------------------------- plotting
@@ -462,14 +476,23 @@ def plot_metrics(metrics_path, png_path):
 
 def _first_group_lr(config, optimizer):
     """Host-side ``lr * schedule(step)`` of the first variable group, for logs."""
-    groups = getattr(optimizer, "schedule", None)
     lr = float(config.lr)
-    if not groups:
+    # The first group that trains (a `None` schedule entry freezes its group).
+    trained = [s for s in getattr(optimizer, "group_schedules", None) or () if s]
+    if not trained:
         return lambda step: lr
-    schedule = groups[0][1]
-    if schedule is None:
-        return None
+    schedule = trained[0]
     return lambda step: lr * float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def _val_pp(val_cfg):
+    pp = val_cfg.get("pp_fn")
+    if not pp:
+        raise ValueError(
+            "config.evals.val needs `pp_fn`, the evaluation pp string (the training "
+            "pp string has random augmentations)."
+        )
+    return pp
 
 
 def main(config, workdir):
@@ -528,14 +551,22 @@ def main(config, workdir):
     val_cfg = evals.get("val") or {}
     if val_cfg and val_cfg.get("type", "classification") != "classification":
         raise ValueError(f"Unsupported evals.val type {val_cfg.get('type')!r}.")
-    steps_per_epoch = int(
-        _get(config, "steps_per_epoch", 0)
-        or val_cfg.get("log_steps")
-        or ckpt_steps
-        or min(total_steps, 1000)
+    val_steps = int(val_cfg.get("log_steps") or 0) or None
+    # One progress-bar epoch divides both the validation and the checkpoint
+    # cadence: checkpoints then sit on epoch boundaries, and a resumed run walks
+    # through the same epochs (running means, validations) as an uninterrupted one.
+    steps_per_epoch = math.gcd(val_steps or 0, ckpt_steps or 0) or min(
+        total_steps, 1000
     )
     steps_per_epoch = max(1, min(steps_per_epoch, total_steps))
     epochs = math.ceil(total_steps / steps_per_epoch)
+    if start_step % steps_per_epoch and start_step < total_steps:
+        raise CheckpointError(
+            f"Checkpoint {ckpt_path} is at step {start_step}, not a multiple of "
+            f"this run's epoch of {steps_per_epoch} steps (gcd of evals.val."
+            f"log_steps={val_steps} and ckpt_steps={ckpt_steps}): resume with the "
+            "original config."
+        )
 
     val_ds = None
     if val_cfg:
@@ -543,7 +574,7 @@ def main(config, workdir):
         val_ds = kdata.make_eval_dataset(
             val_data.get("name", data.name),
             val_data.get("split", "test"),
-            val_cfg.get("pp_fn", config.input.pp),
+            _val_pp(val_cfg),
             int(val_cfg.get("batch_size") or batch_size),
             data_dir=val_data.get("data_dir", data_dir),
             cache=bool(val_cfg.get("cache", False)),
@@ -603,11 +634,11 @@ def main(config, workdir):
             start_batch=start_step,
             mixup_p=_get(_get(config, "mixup"), "p") or None,
         )
-        val_freq = max(1, round(int(val_cfg.get("log_steps") or 0) / steps_per_epoch))
+        val_freq = (val_steps or steps_per_epoch) // steps_per_epoch
         model.fit(
             train_ds,
             epochs=epochs,
-            initial_epoch=min(start_step // steps_per_epoch, epochs - 1),
+            initial_epoch=start_step // steps_per_epoch,
             steps_per_epoch=steps_per_epoch,
             callbacks=callbacks,
             validation_data=val_ds,

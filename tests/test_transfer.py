@@ -376,7 +376,8 @@ def test_transfer_config_recipe():
 
 
 def test_train_main_fine_tunes_digits(tmp_path):
-    train = pytest.importorskip("keras_scalevit.train")
+    from keras_scalevit import train
+
     pre = ViTClassifier.from_variant(
         "mu/8", num_classes=10, image_size=8, pool_type="map", patch_size=2
     )

@@ -7,6 +7,7 @@ scan-stacked blocks, pre-Linen numbering, legacy position-embedding keys), infer
 the architecture from the arrays, and maps names onto Keras ``variable.path``.
 """
 
+import os
 import re
 from collections import defaultdict
 
@@ -354,7 +355,12 @@ def load_big_vision_weights(model, source, *, skip_head=False):
             continue
         values[name] = value
     if missing or unexpected or mis_shaped:
-        lines = ["The checkpoint does not fit the model."]
+        where = (
+            f"The checkpoint {os.fspath(source)!r}"
+            if isinstance(source, (str, os.PathLike))
+            else "The checkpoint mapping"
+        )
+        lines = [f"{where} does not fit the model {model.name!r}."]
         if missing:
             lines.append(f"Missing in the checkpoint ({len(missing)}): {missing}")
         if unexpected:

@@ -303,7 +303,8 @@ def test_decoupled_decay_with_zero_gradient():
 
 
 def _vit_mu8(**kwargs):
-    models = pytest.importorskip("keras_scalevit.models")
+    from keras_scalevit import models
+
     return models.ViTClassifier.from_variant(
         "mu/8", num_classes=4, image_size=32, pool_type="map", **kwargs
     )
@@ -413,7 +414,8 @@ def _nbytes(variables):
 
 
 def test_memory_vit_b16_against_keras_optimizers():
-    models = pytest.importorskip("keras_scalevit.models")
+    from keras_scalevit import models
+
     model = models.ViTClassifier.from_variant("B/16", num_classes=1000, pool_type="map")
     variables = model.trainable_variables
     param_bytes = _nbytes(variables)
