@@ -121,12 +121,17 @@ def tfds_split_loader(pp_builder=None, data_dir=None):
             decoders={"image": tfds.decode.SkipDecoding()},
         )
         preprocess = builder(pp) if pp else (lambda features: features)
+        from keras_scalevit.data.builder import SEED_KEY
 
-        def to_pair(features):
-            out = preprocess(dict(features))
+        def to_pair(index, features):
+            features = dict(features)
+            # A fixed per-example seed: random pp ops (if any) draw the same
+            # values at every evaluation, so the features are reproducible.
+            features[SEED_KEY] = tf.stack([tf.constant(0, tf.int64), index])
+            out = preprocess(features)
             return tf.cast(out["image"], tf.float32), out["label"]
 
-        return ds.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.enumerate().map(to_pair, num_parallel_calls=tf.data.AUTOTUNE)
 
     return load_split
 
