@@ -104,9 +104,12 @@ def test_matches_big_vision_fixture(bv_manifest, name):
     steps = fx["steps"]  # int32, as optax's count
     values = _np(schedule(keras.ops.convert_to_tensor(steps)))
     assert values.dtype == np.float32 and values.shape == steps.shape
-    assert rel_err(values, fx["lr"]) <= 1e-6
+    # 3 float32 ulps of the largest value (<= 3 * 2**-23 = 3.6e-7 relative): an
+    # independent float32 evaluation lands 1-3 ulps from big_vision (spec §11, §13;
+    # measured 1.46e-7 at worst).
+    assert rel_err(values, fx["lr"]) <= 3.6e-7
     # The independent reference agrees with big_vision on the same inputs.
-    assert rel_err(_ref_schedule(steps, **kwargs), fx["lr"]) <= 1e-6
+    assert rel_err(_ref_schedule(steps, **kwargs), fx["lr"]) <= 3.6e-7
 
 
 def test_paper_schedule_shape(bv_manifest):
