@@ -61,7 +61,20 @@ _SIZE_OPS = (
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used (corrupt or from another run)."""
+    """A checkpoint exists but cannot be used (corrupt or from another run).
+
+    Example:
+    >>> import os, tempfile
+    >>> from keras_scalevit.train import CheckpointError, restore_checkpoint
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> with open(path, "wb") as f:
+    ...     _ = f.write(b"not a checkpoint")
+    >>> try:
+    ...     restore_checkpoint(path, model=None, fingerprint={})
+    ... except CheckpointError as e:
+    ...     print("corrupt or unreadable" in str(e))
+    True
+    """
 
 
 # ---------------------------------------------------------------- config utils
@@ -91,6 +104,18 @@ def image_size_from_config(config):
 
     The last ``resize(N)``, ``*_crop(N)`` op of ``config.input.pp`` decides; a
     config whose pp ends at an unknown size must set ``config.image_size``.
+
+    Example:
+    >>> import ml_collections
+    >>> from keras_scalevit.train import image_size_from_config
+    >>> config = ml_collections.ConfigDict(
+    ...     {"image_size": None,
+    ...      "input": {"pp": "decode|inception_crop(224)|flip_lr|resize(32)"}})
+    >>> image_size_from_config(config)
+    32
+    >>> config.image_size = 16
+    >>> image_size_from_config(config)
+    16
     """
     size = _get(config, "image_size")
     if size:
@@ -109,7 +134,19 @@ def image_size_from_config(config):
 
 
 def total_steps_from_config(config, num_train_examples=None):
-    """``config.total_steps``, or ``round(total_epochs * examples / batch)``."""
+    """``config.total_steps``, or ``round(total_epochs * examples / batch)``.
+
+    Example:
+    >>> import ml_collections
+    >>> from keras_scalevit.train import total_steps_from_config
+    >>> config = ml_collections.ConfigDict(
+    ...     {"total_steps": None, "total_epochs": 2.0, "input": {"batch_size": 64}})
+    >>> total_steps_from_config(config, num_train_examples=1438)
+    45
+    >>> config.total_steps = 10
+    >>> total_steps_from_config(config)
+    10
+    """
     steps = _get(config, "total_steps")
     if steps:
         return int(steps)
@@ -122,7 +159,15 @@ def total_steps_from_config(config, num_train_examples=None):
 
 
 def build_model(config, image_size=None):
-    """The model a config describes (``config.model`` or ``config.model_init``)."""
+    """The model a config describes (``config.model`` or ``config.model_init``).
+
+    Example:
+    >>> from keras_scalevit.configs import digits
+    >>> from keras_scalevit.train import build_model
+    >>> model = build_model(digits.get_config())
+    >>> model.input_shape, model.output_shape
+    ((None, 8, 8, 3), (None, 10))
+    """
     image_size = image_size or image_size_from_config(config)
     model_name = _get(config, "model_name", "vit")
     if model_name != "vit":
@@ -162,6 +207,17 @@ def build_model(config, image_size=None):
 
 
 def build_optimizer(config, total_steps, data_size=None):
+    """The optimizer a big_vision config describes (``optax_name``, ``lr``, ...).
+
+    Adds Polyak averaging when ``config.ema_momentum`` is set.
+
+    Example:
+    >>> from keras_scalevit.configs import digits
+    >>> from keras_scalevit.train import build_optimizer
+    >>> optimizer = build_optimizer(digits.get_config(), total_steps=100)
+    >>> type(optimizer).__name__, optimizer.global_clipnorm
+    ('Adafactor', 1.0)
+    """
     from keras_scalevit.optimizers import from_big_vision_config
 
     kwargs = {}
@@ -223,7 +279,32 @@ def _variable_table(variables, strip_scope=False):
 
 
 def save_checkpoint(path, model, step, fingerprint):
-    """Writes model + optimizer variables and ``step`` atomically to ``path``."""
+    """Writes model + optimizer variables and ``step`` atomically to ``path``.
+
+    Example:
+
+    A round trip through `restore_checkpoint` (the model must be compiled and
+    its optimizer built).
+    >>> import os, tempfile
+    >>> import numpy as np, keras
+    >>> from keras_scalevit.train import restore_checkpoint, save_checkpoint
+    >>> def make_model():
+    ...     # Fixed names: the checkpoint records variable paths.
+    ...     model = keras.Sequential(
+    ...         [keras.Input((4,)), keras.layers.Dense(2, name="dense")], name="net")
+    ...     model.compile(optimizer="sgd", loss="mse")
+    ...     model.optimizer.build(model.trainable_variables)
+    ...     return model
+    >>> model = make_model()
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> save_checkpoint(path, model, step=7, fingerprint={"run": "demo"})
+    >>> other = make_model()
+    >>> restore_checkpoint(path, other, fingerprint={"run": "demo"})
+    7
+    >>> bool(np.array_equal(keras.ops.convert_to_numpy(other.layers[0].kernel),
+    ...                     keras.ops.convert_to_numpy(model.layers[0].kernel)))
+    True
+    """
     arrays, meta = {}, {"format": _CKPT_FORMAT, "step": int(step)}
     meta["fingerprint"] = fingerprint
     for group, variables in (
@@ -259,6 +340,24 @@ def restore_checkpoint(path, model, fingerprint):
     Raises:
         CheckpointError: naming ``path``, if the file is unreadable or was written
             by a run with a different model, input or optimizer.
+
+    Example:
+    >>> import os, tempfile
+    >>> import keras
+    >>> from keras_scalevit.train import (
+    ...     CheckpointError, restore_checkpoint, save_checkpoint)
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> save_checkpoint(path, model, step=3, fingerprint={"lr": "0.1"})
+    >>> restore_checkpoint(path, model, fingerprint={"lr": "0.1"})
+    3
+    >>> try:
+    ...     restore_checkpoint(path, model, fingerprint={"lr": "0.2"})
+    ... except CheckpointError as e:
+    ...     print("does not match this run" in str(e))
+    True
     """
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -370,6 +469,26 @@ class TrainLoop(keras.callbacks.Callback):
     (``main`` makes every ``ckpt_steps`` multiple an epoch boundary), after that
     epoch's validation and few-shot record, so a resumed run repeats exactly the
     epochs, evaluations and running means of an uninterrupted one.
+
+    Example:
+    >>> import os, tempfile
+    >>> import numpy as np, keras
+    >>> from keras_scalevit.train import TrainLoop
+    >>> class Records(list):
+    ...     write = list.append
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> records = Records()
+    >>> loop = TrainLoop(
+    ...     start_step=0, total_steps=3, log_steps=1, ckpt_steps=None,
+    ...     ckpt_path=os.path.join(tempfile.mkdtemp(), "checkpoint.npz"),
+    ...     fingerprint={}, writer=records)
+    >>> x, y = np.ones((8, 4), "float32"), np.zeros((8, 2), "float32")
+    >>> _ = model.fit(x, y, batch_size=2, epochs=5, callbacks=[loop], verbose=0)
+    >>> loop.step, [r["step"] for r in records]
+    (3, [1, 2, 3])
+    >>> os.path.exists(loop.ckpt_path)
+    True
     """
 
     def __init__(
@@ -401,6 +520,24 @@ class TrainLoop(keras.callbacks.Callback):
         self._t0 = time.time()
 
     def save(self):
+        """Writes the checkpoint now (`save_checkpoint` at the current ``step``).
+
+        Example:
+        >>> import os, tempfile
+        >>> import keras
+        >>> from keras_scalevit.train import TrainLoop, restore_checkpoint
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> model.compile(optimizer="sgd", loss="mse")
+        >>> model.optimizer.build(model.trainable_variables)
+        >>> loop = TrainLoop(
+        ...     start_step=5, total_steps=10, log_steps=None, ckpt_steps=None,
+        ...     ckpt_path=os.path.join(tempfile.mkdtemp(), "checkpoint.npz"),
+        ...     fingerprint={}, writer=None)
+        >>> loop.set_model(model)
+        >>> loop.save()
+        >>> restore_checkpoint(loop.ckpt_path, model, fingerprint={})
+        5
+        """
         save_checkpoint(self.ckpt_path, self.model, self.step, self.fingerprint)
 
     def on_train_batch_end(self, batch, logs=None):
@@ -433,7 +570,22 @@ class TrainLoop(keras.callbacks.Callback):
 
 
 def plot_metrics(metrics_path, png_path):
-    """Plots loss, prec@1 and learning rate from ``metrics.jsonl`` (Agg)."""
+    """Plots loss, prec@1 and learning rate from ``metrics.jsonl`` (Agg).
+
+    Example:
+    >>> import json, os, tempfile
+    >>> from keras_scalevit.train import plot_metrics
+    >>> workdir = tempfile.mkdtemp()
+    >>> metrics = os.path.join(workdir, "metrics.jsonl")
+    >>> with open(metrics, "w") as f:
+    ...     for step in (1, 2, 3):
+    ...         record = {"step": step, "loss": 1.0 / step, "prec@1": 0.3 * step,
+    ...                   "lr": 0.01}
+    ...         print(json.dumps(record), file=f)
+    >>> plot_metrics(metrics, os.path.join(workdir, "curves.png"))
+    >>> os.path.getsize(os.path.join(workdir, "curves.png")) > 0
+    True
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -505,6 +657,22 @@ def main(config, workdir):
     Returns:
         dict of final metrics (``val_prec@1``, ``val_loss``, few-shot numbers,
         ``step``).
+
+    Example:
+
+    The digits config for two steps (builds the digits set offline into
+    ``data_dir``; skipped in the doctests, it takes 10-20 s).
+    >>> import os, tempfile
+    >>> from keras_scalevit import train
+    >>> from keras_scalevit.configs import digits
+    >>> config = digits.get_config()
+    >>> config.total_steps, config.ckpt_steps, config.verbose = 2, 0, 0
+    >>> config.evals = None
+    >>> workdir = tempfile.mkdtemp()
+    >>> config.input.data.data_dir = os.path.join(workdir, "tfds")
+    >>> final = train.main(config, workdir)  # doctest: +SKIP
+    >>> final["step"]  # doctest: +SKIP
+    2
     """
     import keras_scalevit.data as kdata
     from keras_scalevit import losses

@@ -48,7 +48,14 @@ PP_EVAL = "decode|resize(10)|central_crop(8)|value_range(-1, 1)"
 
 
 def get_config(arg=None):
-    """Digits config; ``arg`` is unused (kept for the ``path:arg`` syntax)."""
+    """Digits config; ``arg`` is unused (kept for the ``path:arg`` syntax).
+
+    Example:
+    >>> from keras_scalevit.configs import digits
+    >>> config = digits.get_config()
+    >>> config.model.variant, config.total_steps, config.input.data.name
+    ('mu/2', 1500, 'scalevit_digits')
+    """
     del arg
     config = ml_collections.ConfigDict()
     config.seed = 0

@@ -38,7 +38,14 @@ VARIANTS = {"g": "g/14", "G": "G/14"}
 
 
 def get_config(arg=None):
-    """``arg``: ``g`` (default) or ``G``, optionally ``,batch=<int>``."""
+    """``arg``: ``g`` (default) or ``G``, optionally ``,batch=<int>``.
+
+    Example:
+    >>> from keras_scalevit.configs import train_vit_g
+    >>> config = train_vit_g.get_config("G,batch=4096")
+    >>> config.model.variant, config.input.batch_size
+    ('G/14', 4096)
+    """
     arg = parse_arg(arg, variant="g", batch=16_384)
     if arg.variant not in VARIANTS and arg.variant not in VARIANTS.values():
         raise ValueError(

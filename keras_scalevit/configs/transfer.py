@@ -89,7 +89,14 @@ def _labels(num_classes):
 
 
 def get_config(arg=None):
-    """Transfer config; ``arg`` = ``dataset=...,init=...,res=...,crop=...,lr=...``."""
+    """Transfer config; ``arg`` = ``dataset=...,init=...,res=...,crop=...,lr=...``.
+
+    Example:
+    >>> from keras_scalevit.configs import transfer
+    >>> config = transfer.get_config("dataset=digits")
+    >>> config.input.data.name, config.num_classes, config.image_size
+    ('scalevit_digits', 10, 16)
+    """
     arg = _parse_arg(
         arg, dataset="imagenet2012", init="", res=0, crop="resmall_crop", lr=0.01
     )

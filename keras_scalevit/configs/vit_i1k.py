@@ -36,7 +36,14 @@ PP_EVAL = f"decode|resize_small(256)|central_crop(224)|value_range(-1, 1)|{LABEL
 
 
 def get_config(arg=None):
-    """``arg``: ``variant=S/16|B/16`` (or any variant), ``aug=<setting>``."""
+    """``arg``: ``variant=S/16|B/16`` (or any variant), ``aug=<setting>``.
+
+    Example:
+    >>> from keras_scalevit.configs import vit_i1k
+    >>> config = vit_i1k.get_config("variant=B/16")
+    >>> config.model.variant
+    'B/16'
+    """
     arg = parse_arg(arg, variant="S/16", aug="")
     aug = arg.aug or DEFAULT_AUG.get(arg.variant, "medium2")
     if aug not in RANDAUG:

@@ -79,14 +79,31 @@ def available_ops():
 
 
 def maybe_repeat(value, n):
-    """Returns ``value`` as an ``n``-tuple when it is a scalar."""
+    """Returns ``value`` as an ``n``-tuple when it is a scalar.
+
+    Example:
+    >>> from keras_scalevit.data.builder import maybe_repeat
+    >>> maybe_repeat(4, 2), maybe_repeat([3, 5], 2)
+    ((4, 4), (3, 5))
+    """
     if isinstance(value, (list, tuple)):
         return tuple(value)
     return (value,) * n
 
 
 def check_positive_int(name, value, allow_none=False):
-    """Validates an int argument > 0 (bools are rejected)."""
+    """Validates an int argument > 0 (bools are rejected).
+
+    Example:
+    >>> from keras_scalevit.data.builder import check_positive_int
+    >>> check_positive_int("depth", 10)
+    10
+    >>> try:
+    ...     check_positive_int("depth", 0)
+    ... except ValueError as e:
+    ...     print(e)
+    `depth` must be a positive int, received depth=0.
+    """
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -96,7 +113,13 @@ def check_positive_int(name, value, allow_none=False):
 
 
 def check_size(name, value, allow_none=False):
-    """Validates an int or an (h, w) pair of positive ints; returns (h, w)."""
+    """Validates an int or an (h, w) pair of positive ints; returns (h, w).
+
+    Example:
+    >>> from keras_scalevit.data.builder import check_size
+    >>> check_size("size", 16), check_size("size", (8, 12))
+    ((16, 16), (8, 12))
+    """
     if value is None and allow_none:
         return None
     pair = maybe_repeat(value, 2)
@@ -111,7 +134,13 @@ def check_size(name, value, allow_none=False):
 
 
 def check_number(name, value):
-    """Validates a real number (bools are rejected)."""
+    """Validates a real number (bools are rejected).
+
+    Example:
+    >>> from keras_scalevit.data.builder import check_number
+    >>> check_number("vmin", -1.5)
+    -1.5
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"`{name}` must be a number, received {name}={value!r}.")
     return value
@@ -130,6 +159,14 @@ def op_seed(data):
 
     Returns:
         int tensor of shape [2], usable as ``seed=`` of ``tf.random.stateless_*``.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data.builder import SEED_KEY, op_seed
+    >>> op_seed({SEED_KEY: tf.constant([1, 2])}).numpy().tolist()
+    [1, 2]
+    >>> op_seed({}).shape.as_list()
+    [2]
     """
     if SEED_KEY in data:
         return data[SEED_KEY]
@@ -150,6 +187,16 @@ def in_key_out_key(indefault="image", outdefault="image", random=False):
 
     Returns:
         A decorator for op factories.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data.builder import in_key_out_key
+    >>> @in_key_out_key()
+    ... def get_negate():
+    ...     return lambda x: -x
+    >>> op = get_negate(inkey="x", outkey="y")
+    >>> op({"x": tf.constant(2)})["y"].numpy().item()
+    -2
     """
 
     def _decorate(factory):

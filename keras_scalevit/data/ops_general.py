@@ -32,6 +32,14 @@ def get_value_range(vmin=-1, vmax=1, in_min=0, in_max=255.0, clip_values=False):
         in_min: input minimum, a number or one per channel.
         in_max: input maximum, a number or one per channel.
         clip_values: clip the result to ``[vmin, vmax]``.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> pp = get_preprocess_fn("value_range(-1, 1)")
+    >>> out = pp({"image": tf.constant([[[0, 255]]], tf.uint8)})
+    >>> out["image"].numpy().tolist()
+    [[[-1.0, 1.0]]]
     """
     check_number("vmin", vmin)
     check_number("vmax", vmax)
@@ -70,6 +78,13 @@ def get_onehot(depth, key="labels", key_result=None, multi=True, on=1.0, off=0.0
 
     The result is float32 (big_vision keeps int dtype for int ``on``/``off``;
     losses and mixup need floats).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> pp = get_preprocess_fn("onehot(4, key='label', key_result='labels')")
+    >>> pp({"label": tf.constant(2)})["labels"].numpy().tolist()
+    [0.0, 0.0, 1.0, 0.0]
     """
     check_positive_int("depth", depth)
     for name, value in (("key", key), ("key_result", key_result)):
@@ -105,21 +120,44 @@ def _check_keys(op, keys):
 
 @register_op("keep")
 def get_keep(*keys):
-    """Keeps only the named features."""
+    """Keeps only the named features.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> pp = get_preprocess_fn("keep('image', 'labels')")
+    >>> sorted(pp({"image": 0, "labels": 1, "id": 2}))
+    ['image', 'labels']
+    """
     _check_keys("keep", keys)
     return lambda data: {k: v for k, v in data.items() if k in keys}
 
 
 @register_op("drop")
 def get_drop(*keys):
-    """Drops the named features."""
+    """Drops the named features.
+
+    Example:
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> pp = get_preprocess_fn("drop('id')")
+    >>> sorted(pp({"image": 0, "id": 2}))
+    ['image']
+    """
     _check_keys("drop", keys)
     return lambda data: {k: v for k, v in data.items() if k not in keys}
 
 
 @register_op("copy")
 def get_copy(inkey, outkey):
-    """Copies feature ``inkey`` to ``outkey`` (nested structure copied, tensors shared)."""
+    """Copies feature ``inkey`` to ``outkey`` (nested structure copied, tensors shared).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> pp = get_preprocess_fn("copy('image', 'original')")
+    >>> sorted(pp({"image": tf.zeros((2, 2, 3))}))
+    ['image', 'original']
+    """
     _check_keys("copy", (inkey, outkey))
 
     def _copy(data):

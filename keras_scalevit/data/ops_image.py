@@ -93,6 +93,14 @@ def get_decode(channels=3, precise=False):
     Args:
         channels: number of output channels (``tf.io.decode_image``).
         precise: use the integer-accurate JPEG IDCT (matches PIL/cv2).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> png = tf.io.encode_png(tf.zeros((4, 6, 3), tf.uint8))
+    >>> out = get_preprocess_fn("decode")({"image": png})
+    >>> out["image"].shape.as_list(), out["image"].dtype.name
+    ([4, 6, 3], 'uint8')
     """
     check_positive_int("channels", channels)
     _check_bool("precise", precise)
@@ -116,7 +124,15 @@ def get_decode(channels=3, precise=False):
 @register_op("resize")
 @in_key_out_key()
 def get_resize(size, method="bilinear", antialias=False):
-    """Resizes to ``size`` (int or (h, w)); clips and casts back to the dtype."""
+    """Resizes to ``size`` (int or (h, w)); clips and casts back to the dtype.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.zeros((8, 8, 3), tf.uint8)}
+    >>> get_preprocess_fn("resize(4)")(data)["image"].shape.as_list()
+    [4, 4, 3]
+    """
     size = check_size("size", size)
     _check_method(method)
     _check_bool("antialias", antialias)
@@ -126,7 +142,15 @@ def get_resize(size, method="bilinear", antialias=False):
 @register_op("resize_small")
 @in_key_out_key()
 def get_resize_small(smaller_size, method="area", antialias=False):
-    """Resizes so the smaller side is ``smaller_size``, keeping the aspect."""
+    """Resizes so the smaller side is ``smaller_size``, keeping the aspect.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.zeros((8, 16, 3), tf.uint8)}
+    >>> get_preprocess_fn("resize_small(4)")(data)["image"].shape.as_list()
+    [4, 8, 3]
+    """
     check_positive_int("smaller_size", smaller_size)
     _check_method(method)
     _check_bool("antialias", antialias)
@@ -144,7 +168,15 @@ def get_resize_small(smaller_size, method="area", antialias=False):
 @register_op("resize_long")
 @in_key_out_key()
 def get_resize_long(longer_size, method="area", antialias=True):
-    """Resizes so the longer side is ``longer_size``, keeping the aspect."""
+    """Resizes so the longer side is ``longer_size``, keeping the aspect.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.zeros((8, 16, 3), tf.uint8)}
+    >>> get_preprocess_fn("resize_long(4)")(data)["image"].shape.as_list()
+    [2, 4, 3]
+    """
     check_positive_int("longer_size", longer_size)
     _check_method(method)
     _check_bool("antialias", antialias)
@@ -179,6 +211,14 @@ def sample_inception_box(
 
     Returns:
         ``(begin, size)`` int32 tensors for ``tf.slice``: (y, x, 0), (h, w, -1).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data.ops_image import sample_inception_box
+    >>> begin, size = sample_inception_box(tf.constant([32, 32, 3]), tf.constant([0, 1]))
+    >>> image = tf.slice(tf.zeros((32, 32, 3)), begin, size)
+    >>> bool(image.shape[0] <= 32 and image.shape[1] <= 32)
+    True
     """
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape,
@@ -202,6 +242,13 @@ def get_inception_crop(
 
     Area in ``[area_min, area_max]`` percent, aspect ratio in [3/4, 1.33]
     (TF's default, as big_vision).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.zeros((32, 32, 3), tf.uint8)}
+    >>> get_preprocess_fn("inception_crop(16)")(data)["image"].shape.as_list()
+    [16, 16, 3]
     """
     size = check_size("size", size, allow_none=True)
     _check_area_range(area_min, area_max)
@@ -230,7 +277,16 @@ def get_decode_jpeg_and_inception_crop(
     method="bilinear",
     antialias=False,
 ):
-    """Inception crop sampled from the JPEG header; decodes only the window."""
+    """Inception crop sampled from the JPEG header; decodes only the window.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> jpeg = tf.io.encode_jpeg(tf.zeros((32, 32, 3), tf.uint8))
+    >>> pp = get_preprocess_fn("decode_jpeg_and_inception_crop(16)")
+    >>> pp({"image": jpeg})["image"].shape.as_list()
+    [16, 16, 3]
+    """
     size = check_size("size", size, allow_none=True)
     _check_area_range(area_min, area_max)
     check_number("ratio_min", ratio_min)
@@ -260,7 +316,15 @@ def get_decode_jpeg_and_inception_crop(
 @register_op("random_crop")
 @in_key_out_key(random=True)
 def get_random_crop(crop_size):
-    """Random crop of ``crop_size`` (int or (h, w)), uniform position."""
+    """Random crop of ``crop_size`` (int or (h, w)), uniform position.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.zeros((8, 8, 3), tf.uint8)}
+    >>> get_preprocess_fn("random_crop(4)")(data)["image"].shape.as_list()
+    [4, 4, 3]
+    """
     crop_size = check_size("crop_size", crop_size)
 
     def _random_crop(image, seed):
@@ -275,7 +339,15 @@ def get_random_crop(crop_size):
 @register_op("central_crop")
 @in_key_out_key()
 def get_central_crop(crop_size=None):
-    """Central crop at offset ((H-h)//2, (W-w)//2); None: largest square."""
+    """Central crop at offset ((H-h)//2, (W-w)//2); None: largest square.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.zeros((8, 8, 3), tf.uint8)}
+    >>> get_preprocess_fn("central_crop(6)")(data)["image"].shape.as_list()
+    [6, 6, 3]
+    """
     crop_size = check_size("crop_size", crop_size, allow_none=True)
 
     def _central_crop(image):
@@ -294,5 +366,14 @@ def get_central_crop(crop_size=None):
 @register_op("flip_lr")
 @in_key_out_key(random=True)
 def get_flip_lr():
-    """Left-right flip with probability 1/2."""
+    """Left-right flip with probability 1/2.
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> data = {"image": tf.reshape(tf.range(3), (1, 3, 1))}
+    >>> out = get_preprocess_fn("flip_lr")(data)["image"]
+    >>> out.numpy().ravel().tolist() in ([0, 1, 2], [2, 1, 0])
+    True
+    """
     return lambda image, seed: tf.image.stateless_random_flip_left_right(image, seed)

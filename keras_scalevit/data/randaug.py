@@ -172,6 +172,18 @@ def get_randaug(num_layers=2, magnitude=10, impl=None):
         impl: "keras_cv", "keras" or None (keras-cv when importable).
 
     The output has the input's dtype (rounded and clipped for integers).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data import get_preprocess_fn
+    >>> pp = get_preprocess_fn("randaug(2, 5, impl='keras')")
+    >>> data = {"image": tf.zeros((16, 16, 3), tf.uint8)}
+
+    Running it traces the Keras layers once (seconds on the JAX backend, so
+    skipped in the doctests):
+    >>> out = pp(data)["image"]  # doctest: +SKIP
+    >>> out.shape.as_list(), out.dtype.name  # doctest: +SKIP
+    ([16, 16, 3], 'uint8')
     """
     if (
         isinstance(num_layers, bool)

@@ -539,6 +539,19 @@ class FewShotEvaluator(keras.callbacks.Callback):
         Returns:
             dict of log key -> float (mean over seeds, per-seed and l2-sweep
             entries, all prefixed with ``prefix``).
+
+        Example:
+        >>> import keras, numpy as np
+        >>> from keras_scalevit.evaluation import FewShotEvaluator
+        >>> inputs = keras.Input((8,))
+        >>> feats = keras.layers.Dense(4, activation="tanh")(inputs)
+        >>> model = keras.Model(inputs, feats)
+        >>> x = np.random.default_rng(0).normal(size=(30, 8)).astype("float32")
+        >>> y = np.arange(30) % 3
+        >>> evaluator = FewShotEvaluator({"toy": ((x, y), (x, y))}, shots=(2,))
+        >>> results = evaluator.evaluate(model)
+        >>> 0.0 <= results["fewshot/toy_2shot"] <= 1.0
+        True
         """
         if model is None:
             model = getattr(self, "_model", None)

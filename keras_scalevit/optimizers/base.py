@@ -116,6 +116,14 @@ class VariableRule:
             None when the optimizer has no per-group schedule.
         learning_rate_multiplier: float.
         weight_decay_multiplier: float (0.0: not decayed).
+
+    Example:
+    >>> from keras_scalevit.optimizers import VariableRule
+    >>> rule = VariableRule("head/kernel", frozen=False, group=0,
+    ...                     learning_rate_multiplier=1.0,
+    ...                     weight_decay_multiplier=100.0)
+    >>> rule.frozen, rule.weight_decay_multiplier
+    (False, 100.0)
     """
 
     path: str
@@ -349,6 +357,29 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         **kwargs: `keras.optimizers.Optimizer` arguments (``global_clipnorm`` — big_vision's
             ``grad_clip_norm``, computed over the non-frozen gradients —
             ``use_ema``, ``gradient_accumulation_steps``, ``loss_scale_factor``, ...).
+
+    Example:
+
+    The chain is shared by the concrete optimizers (`MomentumHP`, `Adafactor`);
+    here the head's bias is frozen and the kernel decays.
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_scalevit.optimizers import BigVisionOptimizer, MomentumHP
+    >>> model = keras.Sequential(
+    ...     [keras.Input((4,)), keras.layers.Dense(2, name="head")])
+    >>> optimizer = MomentumHP(
+    ...     0.1, weight_decay=0.01,
+    ...     schedule=[(".*head/bias", None), (".*", {"decay_type": "cosine"})],
+    ...     schedule_kwargs={"total_steps": 10})
+    >>> isinstance(optimizer, BigVisionOptimizer)
+    True
+    >>> model.compile(optimizer=optimizer, loss="mse")
+    >>> x = np.ones((8, 4), "float32")
+    >>> y = np.zeros((8, 2), "float32")
+    >>> bias = keras.ops.convert_to_numpy(model.layers[0].bias).copy()
+    >>> _ = model.fit(x, y, epochs=1, verbose=0)
+    >>> bool(np.all(keras.ops.convert_to_numpy(model.layers[0].bias) == bias))
+    True
     """
 
     def __init__(
@@ -440,12 +471,41 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variable_rules(self):
-        """Tuple of `VariableRule`, one per variable the optimizer was built with."""
+        """Tuple of `VariableRule`, one per variable the optimizer was built with.
+
+        Example:
+        >>> import keras
+        >>> from keras_scalevit.optimizers import MomentumHP
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(2, name="head")])
+        >>> optimizer = MomentumHP(0.1, weight_decay=0.01,
+        ...                        learning_rate_multipliers=[(".*bias", 2.0)])
+        >>> optimizer.build(model.trainable_variables)
+        >>> [(r.path.split("/")[-1], r.learning_rate_multiplier,
+        ...   r.weight_decay_multiplier) for r in optimizer.variable_rules]
+        [('kernel', 1.0, 1.0), ('bias', 2.0, 0.0)]
+        """
         return self._rules
 
     @property
     def group_schedules(self):
-        """The per-group multiplier schedules: non-frozen `schedule` entries in order."""
+        """The per-group multiplier schedules: non-frozen `schedule` entries in order.
+
+        Example:
+        >>> import keras
+        >>> from keras_scalevit.optimizers import MomentumHP
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(2, name="head")])
+        >>> optimizer = MomentumHP(
+        ...     0.1,
+        ...     schedule=[(".*bias", None), (".*", {"decay_type": "cosine"})],
+        ...     schedule_kwargs={"total_steps": 10})
+        >>> optimizer.build(model.trainable_variables)
+        >>> len(optimizer.group_schedules)
+        1
+        >>> [(r.frozen, r.group) for r in optimizer.variable_rules]
+        [(False, 0), (True, None)]
+        """
         return self._group_schedules
 
     def variable_state(self, variable):
@@ -457,6 +517,22 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         Returns:
             dict mapping slot names (e.g. ``"momentum"``, ``"v_row"``, ``"v_col"``,
             ``"v"``) to `keras.Variable`; empty for frozen variables.
+
+        Example:
+        >>> import keras
+        >>> from keras_scalevit.optimizers import MomentumHP
+        >>> model = keras.Sequential(
+        ...     [keras.Input((4,)), keras.layers.Dense(2, name="head")])
+        >>> optimizer = MomentumHP(
+        ...     0.1, schedule=[(".*bias", None), (".*", {"decay_type": "cosine"})],
+        ...     schedule_kwargs={"total_steps": 10})
+        >>> optimizer.build(model.trainable_variables)
+        >>> kernel, bias = model.layers[0].kernel, model.layers[0].bias
+        >>> state = optimizer.variable_state(kernel)
+        >>> sorted(state), tuple(state["momentum"].shape)
+        (['momentum'], (4, 2))
+        >>> optimizer.variable_state(bias)
+        {}
         """
         index = self._get_variable_index(variable)
         state = {}

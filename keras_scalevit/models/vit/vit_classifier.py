@@ -147,6 +147,18 @@ class ViTClassifier(keras.Model):
 
         The representation big_vision's few-shot evaluators use (``pre_logits``);
         the model itself when ``num_classes=0``.
+
+        Example:
+        >>> import numpy as np, keras
+        >>> from keras_scalevit.models import ViTClassifier
+        >>> model = ViTClassifier.from_variant(
+        ...     "mu/8", num_classes=10, image_size=16, pool_type="gap")
+        >>> rep = model.representation_model
+        >>> features = rep(np.zeros((2, 16, 16, 3), "float32"))
+        >>> keras.ops.convert_to_numpy(features).shape
+        (2, 32)
+        >>> rep.count_params() < model.count_params()
+        True
         """
         if self.head is None:
             return self
