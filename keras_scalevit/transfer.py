@@ -304,9 +304,11 @@ def build_transfer_model(
     shape = {k: model_kwargs.pop(k) for k in _SHAPE_OPTIONS if k in model_kwargs}
 
     kind, source = _resolve_init(init)
+    old_grid = None  # known for a Keras model; a flat checkpoint does not record it
     if kind == "model":
         model = source
         backbone = model if isinstance(model, ViTBackbone) else model.backbone
+        old_grid = tuple(backbone.grid_size)
         stored_pool = getattr(model, "pool_type", None)
         if stored_pool is not None and pool_type not in (None, stored_pool):
             raise ValueError(
@@ -349,7 +351,17 @@ def build_transfer_model(
             old = cfg["grid_tokens"]
             new_grid = (size[0] // patch[0], size[1] // patch[1])
             g = int(round(np.sqrt(old)))
-            if new_grid[0] * new_grid[1] != old and (
+            if old_grid is not None and new_grid != old_grid:
+                square = old_grid[0] == old_grid[1] and new_grid[0] == new_grid[1]
+                if not square:
+                    raise ValueError(
+                        f"`image_size`={image_size!r} gives a {new_grid[0]}x"
+                        f"{new_grid[1]} patch grid; the initial model's learned "
+                        f"position embedding is {old_grid[0]}x{old_grid[1]} and can "
+                        "only be resampled between square grids (big_vision's "
+                        "resample_posemb)."
+                    )
+            elif new_grid[0] * new_grid[1] != old and (
                 g * g != old or new_grid[0] != new_grid[1]
             ):
                 raise ValueError(

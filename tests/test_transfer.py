@@ -257,6 +257,9 @@ def test_errors(tmp_path):
         build_transfer_model(src, image_size=20, num_classes=4)
     with pytest.raises(ValueError, match="`image_size`.*square"):
         build_transfer_model(src, image_size=(16, 32), num_classes=4)
+    # Same token count, other grid shape: the table would be silently reinterpreted.
+    with pytest.raises(ValueError, match="`image_size`.*1x4 patch grid.*2x2"):
+        build_transfer_model(src, image_size=(8, 32), num_classes=4)
     for bad in (0, -8, "16", 16.0, True):
         with pytest.raises(ValueError, match="`image_size`"):
             build_transfer_model(src, image_size=bad, num_classes=4)
