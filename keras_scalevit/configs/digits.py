@@ -25,10 +25,10 @@ crops of 10x10 upsamples) with batch mixup p=0.2, and the softmax loss (one
 label per image; the paper's sigmoid loss with head bias -10 is for JFT's
 multi-label targets).
 
-Measured on the JAX backend, 2 CPU cores: 98.9% test prec@1 (few-shot on the
-pre-logits: 97.5% 1-shot, 98.5% 5- and 10-shot) in 47 s wall for the whole
-command (38 s in ``fit``); tensorflow 98.9% in 59 s, torch 98.3% in 101 s;
-``--config.seed=1`` gave 96.9%. Without augmentation and mixup the same
+Measured on the JAX backend, 2 CPU cores: 98.3% test prec@1 (few-shot on the
+pre-logits: 97.1% 1-shot, 97.0% 5-shot, 97.6% 10-shot) in 53 s wall for the
+whole command on a quiet machine; tensorflow 98.9% in 47-59 s, torch 98.3% in
+101 s; ``--config.seed=1`` gave 96.9% (JAX). Without augmentation and mixup the same
 model overfits (train loss 1e-3) and lands between 94% and 98% depending on
 small schedule changes.
 """
