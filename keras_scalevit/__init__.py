@@ -9,6 +9,7 @@ from keras_scalevit import (
     optimizers,
     schedules,
     transfer,
+    utils,
 )
 
 __version__ = "0.1.0"

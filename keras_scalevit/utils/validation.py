@@ -208,7 +208,7 @@ def check_shape(name, shape, expected, *, what=None):
     shape = tuple(None if d is None else int(d) for d in shape)
     expected = tuple(expected)
     ok = len(shape) == len(expected) and all(
-        e is None or s is None or s == e for s, e in zip(shape, expected)
+        e is None or s is None or s == e for s, e in zip(shape, expected, strict=False)
     )
     if not ok:
         shown = "(" + ", ".join("?" if e is None else str(e) for e in expected)
