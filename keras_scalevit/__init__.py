@@ -11,5 +11,6 @@ from keras_scalevit import (
     transfer,
     utils,
 )
+from keras_scalevit.models import decode_predictions, list_presets
 
 __version__ = "0.1.0"

@@ -173,6 +173,51 @@ class ViTBackbone(keras.Model):
         """
         return cls(image_size=image_size, **{**decode_variant(variant), **kwargs})
 
+    @classmethod
+    def from_preset(cls, preset, *, image_size=None, load_weights=True, **kwargs):
+        """Builds a backbone from a preset (see `ViTClassifier.from_preset`).
+
+        The backbone returns the encoder's tokens; for a checkpoint's pooled
+        embedding (e.g. SigLIP's MAP output) use
+        ``ViTClassifier.from_preset(preset, num_classes=0)``.
+
+        Args:
+            preset: a registry or vanity name, a preset directory, a ``.npz``
+                path or URL, or an ``hf://`` / ``kaggle://`` handle.
+            image_size: int, (int, int) or None. Another size resamples the
+                learned position embedding.
+            load_weights: bool. False builds the architecture only.
+            **kwargs: ``dtype``, ``remat``, ``dropout``, ``flash_attention``.
+
+        Example:
+        >>> import keras_scalevit
+        >>> backbone = keras_scalevit.models.ViTBackbone.from_preset("vit_digits")
+        >>> backbone.output_shape
+        (None, 16, 64)
+        """
+        from keras_scalevit.models import preset_utils
+
+        return preset_utils.load_backbone(
+            preset, image_size=image_size, load_weights=load_weights, **kwargs
+        )
+
+    def save_to_preset(self, preset_dir, metadata=None):
+        """Saves the backbone as a keras-hub preset directory.
+
+        Writes ``config.json``, ``model.weights.h5`` and ``metadata.json``.
+
+        Example:
+        >>> import os, tempfile, keras_scalevit
+        >>> backbone = keras_scalevit.models.ViTBackbone.from_variant(
+        ...     "mu/8", image_size=16)
+        >>> path = backbone.save_to_preset(os.path.join(tempfile.mkdtemp(), "p"))
+        >>> sorted(os.listdir(path))
+        ['config.json', 'metadata.json', 'model.weights.h5']
+        """
+        from keras_scalevit.models import preset_utils
+
+        return preset_utils.save_backbone(self, preset_dir, metadata)
+
     def get_config(self):
         return {
             "name": self.name,

@@ -217,6 +217,88 @@ class ViTClassifier(keras.Model):
             name=name,
         )
 
+    # === Presets (keras_scalevit/models/preset_utils.py) ===
+    # The preset's `ViTImageClassifierPreprocessor` (set by `from_preset`; None
+    # otherwise). A plain object: not part of the model's weights or saved state.
+    preprocessor = None
+
+    @classmethod
+    def from_preset(
+        cls, preset, *, num_classes=None, image_size=None, load_weights=True, **kwargs
+    ):
+        """Builds a classifier from a preset, with its preprocessor attached.
+
+        Args:
+            preset: a registry name (`keras_scalevit.list_presets()`) or a
+                big_vision vanity name (``"howto-i21k-B/16"``), a preset
+                directory, a big_vision ``.npz`` path (``"file.npz:img"`` for a
+                tower), an ``http(s)://`` or ``gs://`` URL of a ``.npz``, or an
+                ``hf://`` / ``kaggle://`` handle of a keras-hub-format preset.
+            num_classes: int or None. None keeps the preset's head; another
+                count builds a fresh zero-initialised head (fine-tuning); 0
+                drops it (the model returns the representation).
+            image_size: int, (int, int) or None. Another size resamples the
+                learned position embedding (big_vision's `resample_posemb`)
+                and rescales the preprocessor's resize.
+            load_weights: bool. False builds the architecture only.
+            **kwargs: ``dtype``, ``remat``, ``dropout``, ``flash_attention``,
+                ``pool_type`` (for ``.npz`` files without a MAP head or class
+                token) and ``head_bias_init`` (for a new head).
+
+        Example:
+        >>> import numpy as np, keras_scalevit
+        >>> model = keras_scalevit.models.ViTClassifier.from_preset("vit_digits")
+        >>> images = np.zeros((2, 8, 8, 3), "uint8")  # raw digits, 0..255
+        >>> model.predict(images, verbose=0).shape
+        (2, 10)
+        """
+        from keras_scalevit.models import preset_utils
+
+        return preset_utils.load_classifier(
+            preset,
+            num_classes=num_classes,
+            image_size=image_size,
+            load_weights=load_weights,
+            **kwargs,
+        )
+
+    def save_to_preset(self, preset_dir, metadata=None):
+        """Saves the classifier as a keras-hub preset directory.
+
+        Writes ``config.json``, ``model.weights.h5``, ``task.json``,
+        ``task.weights.h5``, ``preprocessor.json`` (when a preprocessor is
+        attached) and ``metadata.json`` (versions, parameter count, date and
+        ``metadata``), the layout ``keras_hub.upload_preset`` takes.
+
+        Args:
+            preset_dir: directory to write (created if needed).
+            metadata: optional JSON-serialisable dict added to ``metadata.json``.
+
+        Example:
+        >>> import os, tempfile, keras_scalevit
+        >>> model = keras_scalevit.models.ViTClassifier.from_preset("vit_digits")
+        >>> path = model.save_to_preset(os.path.join(tempfile.mkdtemp(), "p"))
+        >>> sorted(os.listdir(path))  # doctest: +NORMALIZE_WHITESPACE
+        ['config.json', 'metadata.json', 'model.weights.h5', 'preprocessor.json',
+         'task.json', 'task.weights.h5']
+        """
+        from keras_scalevit.models import preset_utils
+
+        return preset_utils.save_classifier(self, preset_dir, metadata)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        """`keras.Model.predict`; raw images go through ``self.preprocessor``.
+
+        With a preprocessor attached (``from_preset``), an array ``(n, H, W, 3)``
+        or a list of ``(H, W, 3)`` images (uint8 or float in [0, 255], any size)
+        is resized and scaled as the checkpoint was evaluated; datasets and
+        generators are passed through unchanged.
+        """
+        from keras_scalevit.models import preset_utils
+
+        x, batch_size = preset_utils.preprocess_for_predict(self, x, batch_size)
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
     def get_config(self):
         return {
             "name": self.name,
