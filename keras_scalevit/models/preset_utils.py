@@ -236,6 +236,12 @@ def download(url, sha256=None):
     # One cache entry per URL (two URLs may share a file name).
     fname = hashlib.sha256(https.encode()).hexdigest()[:10] + "_" + base
     cache_dir = _cache_dir()
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError:
+        pass
+    if not os.access(cache_dir, os.W_OK):  # as get_file falls back
+        cache_dir = os.path.join("/tmp", ".keras")
     target = os.path.join(cache_dir, CACHE_SUBDIR, fname)
     cached = os.path.exists(target)
     old_timeout = socket.getdefaulttimeout()

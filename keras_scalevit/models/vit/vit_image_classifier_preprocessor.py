@@ -34,8 +34,8 @@ def _size_text(size):
 class ViTImageClassifierPreprocessor:
     """Turns raw images into the inputs a ViT checkpoint was evaluated on.
 
-    Images of any size, ``uint8`` or float in ``[0, 255]`` (big_vision's
-    ``decode`` output), go through big_vision's evaluation preprocessing, run with
+    Images of any size, ``uint8`` or float in ``[0, 255]`` (floats are rounded
+    to ``uint8``, big_vision's ``decode`` output), go through big_vision's evaluation preprocessing, run with
     this library's `keras_scalevit.data` ops (numerically big_vision's):
     ``{resize}({resize_size})``, then ``central_crop(image_size)`` when the resize
     is larger than ``image_size``, then ``value_range(lo, hi)``. The
@@ -185,7 +185,10 @@ class ViTImageClassifierPreprocessor:
                     f"images, got one of shape {im.shape}."
                 )
             if im.dtype != np.uint8:
-                im = im.astype(np.float32)
+                # big_vision evaluates decoded uint8 images (its resize truncates
+                # back to uint8), so float pixels are rounded to uint8 first.
+                im = np.clip(np.round(np.asarray(im, np.float64)), 0, 255)
+                im = im.astype(np.uint8)
             im = self._pp_fn(tf.convert_to_tensor(im)).numpy()
             # big_vision's VALID patch convolution ignores the bottom and right
             # pixels beyond a whole number of patches ("top_left").
