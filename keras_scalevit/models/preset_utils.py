@@ -592,6 +592,13 @@ def load_preprocessor(preset):
     """The preset's `ViTImageClassifierPreprocessor` (None if it has none).
 
     Registry presets of public checkpoints need no download for this.
+
+    Example:
+    >>> from keras_scalevit.models.preset_utils import load_preprocessor
+    >>> load_preprocessor("vit_s16_i1k_300ep").pp_string
+    'resize_small(256)|central_crop(224)|value_range(-1.0, 1.0)'
+    >>> load_preprocessor("vit_digits").class_names[:3]
+    ['0', '1', '2']
     """
     if _is_entry_only(preset):
         entry = get_preset_entry(preset)
@@ -784,7 +791,14 @@ def save_trained_preset(model, config, preset_dir, metadata=None):
 
 
 def class_names(spec):
-    """Class names: a shipped list's name (``"imagenet1k"``...) or a list."""
+    """Class names: a shipped list's name (``"imagenet1k"``...) or a list.
+
+    Example:
+    >>> from keras_scalevit.models.preset_utils import class_names
+    >>> names = class_names("imagenet21k")
+    >>> len(names), class_names("imagenet1k")[:2]
+    (21843, ['tench', 'goldfish'])
+    """
     if spec is None or isinstance(spec, list):
         return spec
     if spec not in CLASS_NAME_LISTS:

@@ -504,3 +504,45 @@ def test_hub_handles_name_the_missing_package(handle, package, monkeypatch):
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed
     with pytest.raises(ImportError, match=f"pip install {package}"):
         ViTClassifier.from_preset(handle)
+
+
+# ------------------------------------------------------ from a training run
+
+
+def test_preprocessor_from_big_vision_eval_pp_strings():
+    from keras_scalevit.models.preset_utils import preprocessor_from_pp
+
+    pre = preprocessor_from_pp(
+        "decode|resize_small(256)|central_crop(224)|value_range(-1, 1)"
+        "|onehot(1000, key='label', key_result='labels')|keep('image', 'labels')",
+        224,
+    )
+    assert pre.pp_string == (
+        "resize_small(256)|central_crop(224)|value_range(-1.0, 1.0)"
+    )
+    assert preprocessor_from_pp(
+        "decode|resize(32)|value_range(0, 1)", 32
+    ).pp_string == ("resize(32)|value_range(0.0, 1.0)")
+    for bad in ("decode|inception_crop(224)|value_range(-1, 1)", "decode|resize(16)"):
+        with pytest.raises(ValueError, match="pp_string"):
+            preprocessor_from_pp(bad, 224 if "inception" in bad else 32)
+
+
+def test_save_trained_preset_from_the_digits_config(tmp_path):
+    from keras_scalevit.configs import digits
+    from keras_scalevit.models.preset_utils import save_trained_preset
+
+    model = ViTClassifier.from_preset("vit_digits")
+    model.preprocessor = None
+    out = save_trained_preset(
+        model, digits.get_config(), tmp_path / "preset", metadata={"acc": 0.5}
+    )
+    pre = json.load(open(os.path.join(out, "preprocessor.json")))["config"]
+    assert pre["class_names"] == [str(i) for i in range(10)]
+    assert pre["activation"] == "softmax"  # the config's softmax_xent
+    assert json.load(open(os.path.join(out, "metadata.json")))["acc"] == 0.5
+    images, _ = _digits_images(8)
+    np.testing.assert_array_equal(
+        ViTClassifier.from_preset(out).predict(images, verbose=0),
+        ViTClassifier.from_preset("vit_digits").predict(images, verbose=0),
+    )
