@@ -67,13 +67,13 @@ class ViTImageClassifierPreprocessor:
     ``tf.data``), holds no weights, and stays out of the model's saved state.
 
     Example:
-    >>> import numpy as np, keras_scalevit
+    >>> import keras, numpy as np, keras_scalevit
     >>> pre = keras_scalevit.models.ViTImageClassifierPreprocessor(
     ...     image_size=8, resize_size=10)
     >>> pre.pp_string
     'resize(10)|central_crop(8)|value_range(-1.0, 1.0)'
-    >>> out = pre(np.full((2, 32, 24, 3), 255, "uint8"))
-    >>> tuple(out.shape), float(out.min()), float(out.max())
+    >>> out = keras.ops.convert_to_numpy(pre(np.full((2, 32, 24, 3), 255, "uint8")))
+    >>> out.shape, float(out.min()), float(out.max())
     ((2, 8, 8, 3), 1.0, 1.0)
     """
 
