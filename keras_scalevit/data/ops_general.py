@@ -162,7 +162,8 @@ def _labels_in_range(labels, depth, key):
     check = tf.debugging.Assert(
         ok,
         [
-            f"pp op `onehot`: a label of feature {key!r} is outside [0, depth) = "
+            # Backticks: TF escapes quotes in assertion messages.
+            f"pp op `onehot`: a label of feature `{key}` is outside [0, depth) = "
             f"[0, {depth}); check `depth` (the number of classes) and `key`. "
             "Label(s):",
             labels,
