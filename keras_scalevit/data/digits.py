@@ -58,7 +58,8 @@ def digits_to_uint8(images):
     """Maps sklearn digit grey levels 0..16 to uint8 0..255, 3 channels.
 
     Args:
-        images: array (..., 8, 8) of values 0..16.
+        images: array (..., 8, 8) of the integer grey levels 0..16 (any
+            other value is a ``ValueError``).
 
     Returns:
         uint8 array (..., 8, 8, 3).
@@ -70,10 +71,6 @@ def digits_to_uint8(images):
     [0, 128, 255]
     """
     v = np.asarray(images)
-    if v.ndim < 2 or v.shape[-2:] != (8, 8):
-        raise ValueError(
-            f"`images` must have shape (..., 8, 8) (sklearn digits), got {v.shape}."
-        )
     if v.size and (
         not np.all(np.isfinite(v))
         or np.any(v != np.round(v))
