@@ -301,7 +301,7 @@ def parse_op_spec(spec):
     try:
         args = tuple(ast.literal_eval(a) for a in expr.args)
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expr.keywords}
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ValueError(
             f"arguments of {spec!r} must be Python literals (numbers, strings, "
             "tuples, lists, dicts, True/False/None)."

@@ -21,6 +21,7 @@ results to that dict in place, so:
 per-seed numbers and the one at the end of training.
 """
 
+import os
 import time
 
 import keras
@@ -105,6 +106,14 @@ def tfds_split_loader(pp_builder=None, data_dir=None):
     >>> callable(load_split)
     True
     """
+
+    if pp_builder is not None and not callable(pp_builder):
+        raise TypeError(
+            "`pp_builder` must be callable (pp string -> features function) or "
+            f"None, got {type(pp_builder).__name__}."
+        )
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"`data_dir` must be a path or None, got {data_dir!r}.")
 
     def load_split(tfds_name, split, pp):
         import tensorflow as tf
@@ -335,15 +344,28 @@ class FewShotEvaluator(keras.callbacks.Callback):
             config.get("representation_layer", "pre_logits"),
             ("pre_logits",),
         )
-        if "datasets" not in config or not config["datasets"]:
+        datasets_cfg = config.get("datasets")
+        if hasattr(datasets_cfg, "to_dict"):
+            datasets_cfg = datasets_cfg.to_dict()
+        if datasets_cfg is not None and not isinstance(datasets_cfg, dict):
+            raise TypeError(
+                "config `datasets` must be a dict {name: (tfds_name, train_split, "
+                f"test_split)}}, got {type(datasets_cfg).__name__}."
+            )
+        if not datasets_cfg:
             raise ValueError(
                 "config needs `datasets`: {name: (tfds_name, train_split, "
-                f"test_split)}}; received {config.get('datasets')!r}."
+                f"test_split)}}; got {datasets_cfg!r}."
             )
         if "log_steps" in config and "every_n_steps" in config:
             raise ValueError(
                 "Give one of config `log_steps` and `every_n_steps`; received "
                 f"both ({config['log_steps']!r}, {config['every_n_steps']!r})."
+            )
+        if load_split is not None and not callable(load_split):
+            raise TypeError(
+                "`load_split` must be callable (tfds_name, split, pp) -> data, or "
+                f"None, got {type(load_split).__name__}."
             )
         if load_split is None:
             load_split = tfds_split_loader(
@@ -352,7 +374,7 @@ class FewShotEvaluator(keras.callbacks.Callback):
         pp_train = config.get("pp_train", DEFAULT_PP)
         pp_eval = config.get("pp_eval", DEFAULT_PP)
         datasets = {}
-        for name, spec in config["datasets"].items():
+        for name, spec in datasets_cfg.items():
             spec = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
             if len(spec) not in (3, 4) or not all(isinstance(v, str) for v in spec[:3]):
                 raise ValueError(

@@ -45,6 +45,8 @@ PP_BUILD_CASES = [
     ("resize(8, 'area', False, 3)", TypeError, r"pp op 'resize'.*Signature: resize"),
     ("resize", TypeError, r"pp op 'resize'.*size"),
     ("flip_lr(0.5)", TypeError, r"pp op 'flip_lr'"),
+    ("resize(-'a')", ValueError, r"must be Python literals"),
+    ("resize(8", ValueError, r"cannot parse"),
     ("resize(8, key=1)", TypeError, r"`key` must be a feature name"),
     ("resize(8, inkey='')", ValueError, r"`inkey` must be a feature name"),
     # value_range

@@ -16,6 +16,7 @@ from keras_scalevit.evaluation import (
     fewshot_predictions,
     sample_shots,
     select_l2_reg,
+    tfds_split_loader,
 )
 
 
@@ -254,6 +255,7 @@ def test_evaluator_refuses_bad_arguments(kwargs, error, match):
             r"`config.representation_layer` must be one of 'pre_logits'",
         ),
         (dict(datasets={}), ValueError, r"config needs `datasets`"),
+        (dict(datasets=[("a", "train", "test")]), TypeError, r"`datasets` must be a"),
         (
             dict(datasets={"a": ("a", 1, "test")}),
             ValueError,
@@ -296,3 +298,14 @@ def test_evaluator_runs_with_only_at_train_end():
     x, y = _data()[0]
     model.fit(x, np.zeros((12, 2)), epochs=1, verbose=0, callbacks=[evaluator])
     assert len(evaluator.history) == 1
+
+
+def test_loader_hooks_must_be_callable():
+    with pytest.raises(TypeError, match=r"`pp_builder` must be callable"):
+        tfds_split_loader(pp_builder="decode")
+    with pytest.raises(TypeError, match=r"`data_dir` must be a path or None"):
+        tfds_split_loader(data_dir=3)
+    with pytest.raises(TypeError, match=r"`load_split` must be callable"):
+        FewShotEvaluator.from_config(
+            {"datasets": {"a": ("a", "train", "test")}}, load_split="tfds"
+        )
