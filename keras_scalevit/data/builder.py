@@ -12,9 +12,13 @@ every run, in any order and under any parallelism.
 """
 
 import ast
+import difflib
 import functools
+import inspect
 
 import tensorflow as tf
+
+from keras_scalevit.utils.validation import check_kwargs
 
 # Features-dict key holding the per-example stateless seed (int64 shape [2]).
 SEED_KEY = "_seed"
@@ -46,7 +50,18 @@ def register_op(name):
     6
     """
 
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(
+            f"`name` must be a Python identifier (pp strings call ops by name), "
+            f"got {name!r}."
+        )
+
     def _register(factory):
+        if not callable(factory):
+            raise TypeError(
+                f"`register_op({name!r})` decorates an op factory (a callable), "
+                f"got {type(factory).__name__}."
+            )
         old = _OPS.get(name)
         # Re-running the same definition (a notebook cell) replaces it.
         same = old is not None and (old.__module__, old.__qualname__) == (
@@ -91,27 +106,6 @@ def maybe_repeat(value, n):
     return (value,) * n
 
 
-def check_positive_int(name, value, allow_none=False):
-    """Validates an int argument > 0 (bools are rejected).
-
-    Example:
-    >>> from keras_scalevit.data.builder import check_positive_int
-    >>> check_positive_int("depth", 10)
-    10
-    >>> try:
-    ...     check_positive_int("depth", 0)
-    ... except ValueError as e:
-    ...     print(e)
-    `depth` must be a positive int, received depth=0.
-    """
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        allowed = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"`{name}` must be {allowed}, received {name}={value!r}.")
-    return value
-
-
 def check_size(name, value, allow_none=False):
     """Validates an int or an (h, w) pair of positive ints; returns (h, w).
 
@@ -119,31 +113,56 @@ def check_size(name, value, allow_none=False):
     >>> from keras_scalevit.data.builder import check_size
     >>> check_size("size", 16), check_size("size", (8, 12))
     ((16, 16), (8, 12))
+    >>> check_size("size", (8, 0))
+    Traceback (most recent call last):
+    ...
+    ValueError: `size` must be a positive int or a pair (height, width) of positive ints, got (8, 0).
     """
     if value is None and allow_none:
         return None
+    what = "a positive int or a pair (height, width) of positive ints"
+    if allow_none:
+        what += ", or None"
     pair = maybe_repeat(value, 2)
-    if len(pair) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive int or a pair (height, width) of positive "
-            f"ints, received {name}={value!r}."
+    kind_ok = len(pair) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in pair
+    )
+    if not kind_ok:
+        raise (TypeError if len(pair) == 2 else ValueError)(
+            f"`{name}` must be {what}, got {value!r}."
         )
+    if not all(v > 0 for v in pair):
+        raise ValueError(f"`{name}` must be {what}, got {value!r}.")
     return pair
 
 
-def check_number(name, value):
-    """Validates a real number (bools are rejected).
+def check_key(name, value, allow_none=False):
+    """Validates a feature name (a non-empty str, or None when allowed).
 
     Example:
-    >>> from keras_scalevit.data.builder import check_number
-    >>> check_number("vmin", -1.5)
-    -1.5
+    >>> from keras_scalevit.data.builder import check_key
+    >>> check_key("key", "label")
+    'label'
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number, received {name}={value!r}.")
+    if value is None and allow_none:
+        return None
+    what = "a feature name (a non-empty str)" + (" or None" if allow_none else "")
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be {what}, got {value!r}.")
+    if not value:
+        raise ValueError(f"`{name}` must be {what}, got {value!r}.")
     return value
+
+
+def feature_names(data):
+    """The feature names of a features dict, without the seed key (sorted).
+
+    Example:
+    >>> from keras_scalevit.data.builder import SEED_KEY, feature_names
+    >>> feature_names({"label": 1, "image": 2, SEED_KEY: 3})
+    ['image', 'label']
+    """
+    return sorted(k for k in data if k != SEED_KEY)
 
 
 def op_seed(data):
@@ -202,11 +221,9 @@ def in_key_out_key(indefault="image", outdefault="image", random=False):
     def _decorate(factory):
         @functools.wraps(factory)
         def _factory(*args, key=None, inkey=indefault, outkey=outdefault, **kwargs):
-            for name, value in (("key", key), ("inkey", inkey), ("outkey", outkey)):
-                if value is not None and not isinstance(value, str):
-                    raise ValueError(
-                        f"`{name}` must be a string, received {name}={value!r}."
-                    )
+            check_key("key", key, allow_none=True)
+            check_key("inkey", inkey)
+            check_key("outkey", outkey)
             fn = factory(*args, **kwargs)
 
             def _op(data):
@@ -216,6 +233,9 @@ def in_key_out_key(indefault="image", outdefault="image", random=False):
 
             return _op
 
+        # Keywords the wrapper adds to the factory's own (for arity checks).
+        _factory.pp_extra_keywords = {"key": None, "inkey": indefault}
+        _factory.pp_extra_keywords["outkey"] = outdefault
         return _factory
 
     return _decorate
@@ -281,7 +301,7 @@ def parse_op_spec(spec):
     try:
         args = tuple(ast.literal_eval(a) for a in expr.args)
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in expr.keywords}
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise ValueError(
             f"arguments of {spec!r} must be Python literals (numbers, strings, "
             "tuples, lists, dicts, True/False/None)."
@@ -291,24 +311,84 @@ def parse_op_spec(spec):
     return expr.func.id, args, kwargs
 
 
+def op_signature(name):
+    """The call signature of a registered pp op, as text (for messages).
+
+    Args:
+        name: str, a registered op name.
+
+    Returns:
+        str such as ``"resize(size, method='bilinear', ...)"``.
+
+    Example:
+    >>> from keras_scalevit.data.builder import op_signature
+    >>> op_signature("flip_lr")
+    "flip_lr(key=None, inkey='image', outkey='image')"
+    """
+    factory = _OPS[name]
+    params = [str(p) for p in inspect.signature(factory).parameters.values()]
+    extra = getattr(factory, "pp_extra_keywords", {})
+    params += [f"{k}={v!r}" for k, v in extra.items()]
+    return f"{name}({', '.join(params)})"
+
+
+def _check_call(name, factory, args, kwargs):
+    """Raises TypeError (naming the op) for wrong arity or unknown keywords."""
+    try:
+        sig = inspect.signature(factory)  # follows functools.wraps to the factory
+    except (TypeError, ValueError):  # a builtin without a signature
+        return
+    params = sig.parameters.values()
+    extra = getattr(factory, "pp_extra_keywords", {})
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        named = [
+            p.name
+            for p in params
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+        check_kwargs(f"pp op {name!r}", kwargs, [*named, *extra])
+    try:
+        sig.bind(*args, **{k: v for k, v in kwargs.items() if k not in extra})
+    except TypeError as e:
+        raise TypeError(
+            f"pp op {name!r} called with {len(args)} positional argument(s) and "
+            f"keyword(s) {sorted(kwargs)}: {e}. Signature: {op_signature(name)}."
+        ) from None
+
+
+def _reraise_with_context(error, context):
+    """Re-raises a TypeError/ValueError with ``context`` in front, same type."""
+    kind = TypeError if isinstance(error, TypeError) else ValueError
+    raise kind(f"{context}: {error}") from None
+
+
 def _build_op(spec, pp_string):
     try:
         name, args, kwargs = parse_op_spec(spec)
     except ValueError as e:
         raise ValueError(f"Bad op {spec!r} in pp string {pp_string!r}: {e}") from None
     if name not in _OPS:
+        close = difflib.get_close_matches(name, available_ops(), n=3, cutoff=0.6)
+        hint = (
+            f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        )
         raise ValueError(
-            f"Unknown pp op {name!r} in pp string {pp_string!r}. "
+            f"Unknown pp op {name!r} in pp string {pp_string!r}{hint}. "
             f"Available ops: {', '.join(available_ops())}."
         )
     factory = _OPS[name]
+    context = f"Bad arguments for pp op {name!r} ({spec!r}) in pp string {pp_string!r}"
     try:
+        _check_call(name, factory, args, kwargs)
         op = factory(*args, **kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"Bad arguments for pp op {name!r} ({spec!r}) in pp string "
-            f"{pp_string!r}: {e}"
-        ) from None
+        _reraise_with_context(e, context)
+    if not callable(op):
+        raise TypeError(
+            f"pp op {name!r}: its factory returned {type(op).__name__}, not a "
+            "function of the features dict."
+        )
     return name, op
 
 
@@ -327,8 +407,18 @@ def get_preprocess_fn(pp_string):
         A function ``features dict -> features dict``.
 
     Raises:
-        ValueError: an unknown op or bad arguments; the message quotes the
-            whole pp string and names the op.
+        ValueError: an unknown op (with the closest names), a bad argument
+            value or a spec that does not parse; the message quotes the whole
+            pp string and names the op and the argument.
+        TypeError: a wrong kind of argument, an unknown keyword (with the
+            closest names) or a wrong number of arguments.
+
+    Checks that depend on the data raise when an example is processed: a
+    ``ValueError`` naming the op when the shapes or dtypes are known while
+    tracing (a crop larger than a static image shape, a missing feature), and
+    ``tf.errors.InvalidArgumentError`` naming the op from inside ``tf.data``
+    otherwise (a label outside ``[0, depth)``, a crop larger than an image
+    whose size is known only at run time).
 
     Example:
     >>> import numpy as np
@@ -340,8 +430,8 @@ def get_preprocess_fn(pp_string):
     """
     if pp_string is not None and not isinstance(pp_string, str):
         raise TypeError(
-            f"`pp_string` must be a str, received {type(pp_string).__name__}: "
-            f"{pp_string!r}."
+            "`pp_string` must be a str like 'decode|resize(224)' or None, got "
+            f"{type(pp_string).__name__}: {pp_string!r}."
         )
     specs = split_pp_string(pp_string or "")
     ops = [(spec, *_build_op(spec, pp_string)) for spec in specs]
@@ -366,8 +456,10 @@ def get_preprocess_fn(pp_string):
                 # ValueError: autograph (tf.data) keeps its type and message.
                 raise ValueError(
                     f"pp op {spec!r} in pp string {pp_string!r} needs feature "
-                    f"{e.args[0]!r}; the features are {sorted(data)}."
+                    f"{e.args[0]!r}; the features are {feature_names(data)}."
                 ) from None
+            except (TypeError, ValueError) as e:
+                _reraise_with_context(e, f"pp op {spec!r} in pp string {pp_string!r}")
             if not isinstance(data, dict):
                 raise TypeError(
                     f"pp op {spec!r} returned {type(data).__name__}, not a dict."

@@ -58,7 +58,8 @@ def digits_to_uint8(images):
     """Maps sklearn digit grey levels 0..16 to uint8 0..255, 3 channels.
 
     Args:
-        images: array (..., 8, 8) of values 0..16.
+        images: array (..., 8, 8) of the integer grey levels 0..16 (any
+            other value is a ``ValueError``).
 
     Returns:
         uint8 array (..., 8, 8, 3).
@@ -69,7 +70,18 @@ def digits_to_uint8(images):
     >>> digits_to_uint8(np.array([[0, 8, 16]]))[0, :, 0].tolist()
     [0, 128, 255]
     """
-    v = np.asarray(images).astype(np.int64)
+    v = np.asarray(images)
+    if v.size and (
+        not np.all(np.isfinite(v))
+        or np.any(v != np.round(v))
+        or v.min() < 0
+        or v.max() > 16
+    ):
+        raise ValueError(
+            "`images` must hold the integer grey levels 0..16 of sklearn's "
+            f"digits, got values in [{v.min()}, {v.max()}]."
+        )
+    v = v.astype(np.int64)
     grey = ((v * 255 + 8) // 16).astype(np.uint8)
     return np.repeat(grey[..., None], 3, axis=-1)
 

@@ -7,6 +7,8 @@ stateless: the batch's seed fixes ``a``.
 
 import tensorflow as tf
 
+from keras_scalevit.utils.validation import check_positive_float
+
 
 def sample_mixup_weight(p, seed):
     """Draws big_vision's mixup weight ``max(a, 1 - a)``, ``a ~ Beta(p, p)``.
@@ -26,7 +28,8 @@ def sample_mixup_weight(p, seed):
     >>> 0.5 <= a <= 1.0
     True
     """
-    g = tf.random.stateless_gamma([2], seed=seed, alpha=float(p), dtype=tf.float32)
+    p = check_positive_float("p", p)
+    g = tf.random.stateless_gamma([2], seed=seed, alpha=p, dtype=tf.float32)
     total = g[0] + g[1]
     # Both gammas can underflow to 0 for tiny p; Beta(p, p) then sits at 0 or 1.
     a = tf.where(total > 0, g[0] / tf.maximum(total, 1e-30), 1.0)
@@ -53,8 +56,13 @@ def mixup(batch, p, seed, keys=("image", "labels")):
     >>> np.allclose(out["labels"].numpy().sum(1), 1.0)
     True
     """
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not p > 0:
-        raise ValueError(f"`p` must be a number > 0, received p={p!r}.")
+    p = check_positive_float("p", p)
+    if not isinstance(batch, dict):
+        raise TypeError(
+            f"`batch` must be a dict of batched features, got {type(batch).__name__}."
+        )
+    if isinstance(keys, str) or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"`keys` must be a tuple of feature names (str), got {keys!r}.")
     a = sample_mixup_weight(p, seed)
     out = dict(batch)
     for key in keys:

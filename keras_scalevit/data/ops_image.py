@@ -7,12 +7,14 @@ stateless ``tf.image`` variants with the per-op seed from the builder.
 
 import tensorflow as tf
 
-from keras_scalevit.data.builder import (
-    check_number,
+from keras_scalevit.data.builder import check_size, in_key_out_key, register_op
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_positive_float,
     check_positive_int,
-    check_size,
-    in_key_out_key,
-    register_op,
 )
 
 RESIZE_METHODS = (
@@ -28,27 +30,135 @@ RESIZE_METHODS = (
 
 
 def _check_method(method):
-    if method not in RESIZE_METHODS:
-        raise ValueError(
-            f"`method` must be one of {RESIZE_METHODS}, received method={method!r}."
-        )
-    return method
-
-
-def _check_bool(name, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, received {name}={value!r}.")
-    return value
+    return check_choice("method", method, RESIZE_METHODS)
 
 
 def _check_area_range(area_min, area_max):
-    check_number("area_min", area_min)
-    check_number("area_max", area_max)
-    if not 0 < area_min <= area_max <= 100:
+    area_min = check_float(
+        "area_min", area_min, minimum=0, maximum=100, min_inclusive=False
+    )
+    area_max = check_float(
+        "area_max", area_max, minimum=0, maximum=100, min_inclusive=False
+    )
+    if area_min > area_max:
         raise ValueError(
-            "`area_min` and `area_max` are percentages with 0 < area_min <= "
-            f"area_max <= 100, received area_min={area_min!r}, area_max={area_max!r}."
+            f"`area_min` must be <= `area_max` (both in percent of the image), "
+            f"got area_min={area_min:g} > area_max={area_max:g}."
         )
+
+
+def _check_ratio_range(ratio_min, ratio_max):
+    check_positive_float("ratio_min", ratio_min)
+    check_positive_float("ratio_max", ratio_max)
+    if ratio_min > ratio_max:
+        raise ValueError(
+            f"`ratio_min` must be <= `ratio_max` (aspect ratios width/height), "
+            f"got ratio_min={ratio_min!r} > ratio_max={ratio_max!r}."
+        )
+
+
+def check_image(op, image, *, encoded=False):
+    """Trace-time check of a pp op's input; returns it as a tensor.
+
+    An image op needs one decoded image of shape (height, width, channels);
+    ``encoded=True`` ops need the encoded bytes (a ``tf.string`` scalar).
+
+    Args:
+        op: str, the op name for the message.
+        image: the op's input.
+        encoded: whether the op decodes.
+
+    Returns:
+        The input as a tensor.
+
+    Raises:
+        ValueError: naming the op, the received dtype/shape and the fix.
+
+    Example:
+    >>> import numpy as np
+    >>> from keras_scalevit.data.ops_image import check_image
+    >>> check_image("resize", np.zeros((4, 4, 3), np.uint8)).shape.as_list()
+    [4, 4, 3]
+    >>> check_image("resize", np.zeros((4, 4), np.uint8))
+    Traceback (most recent call last):
+    ...
+    ValueError: pp op `resize` expects one image of shape (height, width, channels), got shape (4, 4).
+    """
+    image = tf.convert_to_tensor(image)
+    if encoded:
+        if image.dtype != tf.string:
+            raise ValueError(
+                f"pp op `{op}` expects encoded image bytes (tf.string), got a "
+                f"{image.dtype.name} tensor of shape {tuple(image.shape)}: the "
+                "image is already decoded (drop the decoding op from the pp "
+                "string, or use `inception_crop` instead of "
+                "`decode_jpeg_and_inception_crop`)."
+            )
+        return image
+    if image.dtype == tf.string:
+        raise ValueError(
+            f"pp op `{op}` expects a decoded image, got encoded bytes (tf.string): "
+            "put `decode` before it in the pp string."
+        )
+    if image.shape.rank is not None and image.shape.rank != 3:
+        raise ValueError(
+            f"pp op `{op}` expects one image of shape (height, width, channels), "
+            f"got shape {tuple(image.shape)}."
+        )
+    return image
+
+
+def check_crop_fits(op, image, height, width):
+    """Checks that a ``height`` x ``width`` crop fits inside ``image``.
+
+    With a static image size (eager, or a fixed-size image in ``tf.data``) a
+    too-large crop is a ``ValueError`` when the op is traced; otherwise a
+    ``tf.debugging.Assert`` raises ``tf.errors.InvalidArgumentError`` naming
+    the op, the crop size and the image shape when the example is processed.
+
+    Args:
+        op: str, the op name for the message.
+        image: (H, W, C) tensor.
+        height: int, the crop height.
+        width: int, the crop width.
+
+    Returns:
+        ``image`` (with the run-time check attached when one is needed).
+
+    Example:
+    >>> import tensorflow as tf
+    >>> from keras_scalevit.data.ops_image import check_crop_fits
+    >>> check_crop_fits("central_crop", tf.zeros((4, 6, 3)), 8, 8)
+    Traceback (most recent call last):
+    ...
+    ValueError: pp op `central_crop`: the crop (height, width) = (8, 8) is larger than the image of shape (4, 6, 3); resize the image first (e.g. `resize_small(8)`) or crop less.
+    """
+    static = image.shape.as_list()[:2] if image.shape.rank is not None else []
+    static = static + [None] * (2 - len(static))
+    too_big = any(
+        s is not None and c > s for s, c in zip(static, (height, width), strict=True)
+    )
+    if too_big:
+        raise ValueError(
+            f"pp op `{op}`: the crop (height, width) = ({height}, {width}) is "
+            f"larger than the image of shape {tuple(image.shape)}; resize the "
+            f"image first (e.g. `resize_small({max(height, width)})`) or crop less."
+        )
+    if None not in static:
+        return image
+    shape = tf.shape(image)
+    fits = tf.logical_and(shape[0] >= height, shape[1] >= width)
+    check = tf.debugging.Assert(
+        fits,
+        [
+            f"pp op `{op}`: the crop (height, width) = ({height}, {width}) is "
+            "larger than the image; resize the image first or crop less. Image "
+            "shape (height, width, channels):",
+            shape,
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(image)
 
 
 def resize_image(image, size, method="bilinear", antialias=False):
@@ -91,7 +201,8 @@ def get_decode(channels=3, precise=False):
     """Decodes encoded image bytes (JPEG, PNG, GIF, BMP) to uint8.
 
     Args:
-        channels: number of output channels (``tf.io.decode_image``).
+        channels: number of output channels, 1, 3 or 4 (0: as stored in
+            the file), as ``tf.io.decode_image``.
         precise: use the integer-accurate JPEG IDCT (matches PIL/cv2).
 
     Example:
@@ -102,16 +213,17 @@ def get_decode(channels=3, precise=False):
     >>> out["image"].shape.as_list(), out["image"].dtype.name
     ([4, 6, 3], 'uint8')
     """
-    check_positive_int("channels", channels)
-    _check_bool("precise", precise)
+    check_int("channels", channels, minimum=0)
+    check_choice("channels", channels, (0, 1, 3, 4))
+    check_bool("precise", precise)
+    if precise and channels == 4:
+        raise ValueError(
+            "`channels` must be 0, 1 or 3 with precise=True (JPEG has no alpha "
+            "channel), got 4."
+        )
 
     def _decode(image):
-        if image.dtype != tf.string:
-            raise ValueError(
-                "`decode` expects encoded image bytes (tf.string), received a "
-                f"{image.dtype.name} tensor: the image is already decoded (drop "
-                "`decode` from the pp string)."
-            )
+        image = check_image("decode", image, encoded=True)
         if precise:
             return tf.image.decode_jpeg(
                 image, channels=channels, dct_method="INTEGER_ACCURATE"
@@ -135,8 +247,10 @@ def get_resize(size, method="bilinear", antialias=False):
     """
     size = check_size("size", size)
     _check_method(method)
-    _check_bool("antialias", antialias)
-    return lambda image: resize_image(image, size, method, antialias)
+    check_bool("antialias", antialias)
+    return lambda image: resize_image(
+        check_image("resize", image), size, method, antialias
+    )
 
 
 @register_op("resize_small")
@@ -153,9 +267,10 @@ def get_resize_small(smaller_size, method="area", antialias=False):
     """
     check_positive_int("smaller_size", smaller_size)
     _check_method(method)
-    _check_bool("antialias", antialias)
+    check_bool("antialias", antialias)
 
     def _resize_small(image):
+        image = check_image("resize_small", image)
         shape = tf.shape(image)
         factor = tf.cast(smaller_size, tf.float32) / tf.cast(
             tf.minimum(shape[0], shape[1]), tf.float32
@@ -179,9 +294,10 @@ def get_resize_long(longer_size, method="area", antialias=True):
     """
     check_positive_int("longer_size", longer_size)
     _check_method(method)
-    _check_bool("antialias", antialias)
+    check_bool("antialias", antialias)
 
     def _resize_long(image):
+        image = check_image("resize_long", image)
         shape = tf.shape(image)
         factor = tf.cast(longer_size, tf.float32) / tf.cast(
             tf.maximum(shape[0], shape[1]), tf.float32
@@ -253,9 +369,10 @@ def get_inception_crop(
     size = check_size("size", size, allow_none=True)
     _check_area_range(area_min, area_max)
     _check_method(method)
-    _check_bool("antialias", antialias)
+    check_bool("antialias", antialias)
 
     def _inception_crop(image, seed):
+        image = check_image("inception_crop", image)
         begin, box = sample_inception_box(tf.shape(image), seed, area_min, area_max)
         crop = tf.slice(image, begin, box)
         crop.set_shape([None, None, image.shape[-1]])
@@ -289,17 +406,14 @@ def get_decode_jpeg_and_inception_crop(
     """
     size = check_size("size", size, allow_none=True)
     _check_area_range(area_min, area_max)
-    check_number("ratio_min", ratio_min)
-    check_number("ratio_max", ratio_max)
-    if not 0 < ratio_min <= ratio_max:
-        raise ValueError(
-            "`ratio_min` and `ratio_max` must satisfy 0 < ratio_min <= ratio_max, "
-            f"received ratio_min={ratio_min!r}, ratio_max={ratio_max!r}."
-        )
+    _check_ratio_range(ratio_min, ratio_max)
     _check_method(method)
-    _check_bool("antialias", antialias)
+    check_bool("antialias", antialias)
 
     def _decode_and_crop(image_bytes, seed):
+        image_bytes = check_image(
+            "decode_jpeg_and_inception_crop", image_bytes, encoded=True
+        )
         shape = tf.image.extract_jpeg_shape(image_bytes)
         begin, box = sample_inception_box(
             shape, seed, area_min, area_max, ratio_min, ratio_max
@@ -328,6 +442,8 @@ def get_random_crop(crop_size):
     crop_size = check_size("crop_size", crop_size)
 
     def _random_crop(image, seed):
+        image = check_image("random_crop", image)
+        image = check_crop_fits("random_crop", image, *crop_size)
         channels = (
             image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[-1]
         )
@@ -351,6 +467,9 @@ def get_central_crop(crop_size=None):
     crop_size = check_size("crop_size", crop_size, allow_none=True)
 
     def _central_crop(image):
+        image = check_image("central_crop", image)
+        if crop_size:
+            image = check_crop_fits("central_crop", image, *crop_size)
         shape = tf.shape(image)
         if crop_size:
             h, w = crop_size
@@ -376,4 +495,6 @@ def get_flip_lr():
     >>> out.numpy().ravel().tolist() in ([0, 1, 2], [2, 1, 0])
     True
     """
-    return lambda image, seed: tf.image.stateless_random_flip_left_right(image, seed)
+    return lambda image, seed: tf.image.stateless_random_flip_left_right(
+        check_image("flip_lr", image), seed
+    )

@@ -14,27 +14,69 @@ first ``g % N`` raw (not yet preprocessed) examples of it, ``g = b * batch``.
 """
 
 import contextlib
+import difflib
 import functools
 import io
+import os
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from keras_scalevit.data.builder import SEED_KEY, get_preprocess_fn
+from keras_scalevit.data.builder import SEED_KEY, feature_names, get_preprocess_fn
 from keras_scalevit.data.mixup import mixup as _mixup
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 # Salts separating the independent random streams derived from one seed.
 _SALT_SHUFFLE, _SALT_ELEMENT, _SALT_MIXUP = 1, 2, 3
 _INT64_MAX = 2**63 - 1
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"`{name}` must be an int >= {minimum}, received {name}={value!r}."
-        )
+def _check_processes(process_index, process_count):
+    check_positive_int("process_count", process_count)
+    check_int("process_index", process_index, minimum=0, maximum=process_count - 1)
+
+
+def _check_key_name(name, value):
+    if not isinstance(value, str):
+        raise TypeError(f"`{name}` must be a feature name (str), got {value!r}.")
+    if not value:
+        raise ValueError(f"`{name}` must be a non-empty feature name, got ''.")
     return value
+
+
+def _check_split(builder, split):
+    """Parses ``split`` against the builder's splits; returns its size."""
+    if not isinstance(split, str):
+        raise TypeError(
+            "`split` must be a TFDS split string like 'train' or 'train[:90%]', "
+            f"got {type(split).__name__}: {split!r}."
+        )
+    names = sorted(builder.info.splits.keys())
+    if not names:  # not prepared (or mocked): reading it reports the problem
+        return None
+    try:
+        n = builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+        base = split.split("[")[0].split("+")[0].strip()
+        close = difflib.get_close_matches(base, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close and base not in names else ""
+        raise ValueError(
+            f"`split` must be a split of {builder.name!r} ({', '.join(names)}, "
+            f"optionally sliced as 'train[:90%]' or 'train[100:200]'), got "
+            f"{split!r}{hint}: {str(e).splitlines()[0]}"
+        ) from None
+    if n <= 0:
+        raise ValueError(
+            f"`split` {split!r} of {builder.name!r} selects no examples "
+            f"({n}); check the slice bounds."
+        )
+    return n
 
 
 def check_batch_size(batch_size, num_devices=1, num_processes=1):
@@ -54,6 +96,7 @@ def check_batch_size(batch_size, num_devices=1, num_processes=1):
         int, the per-process batch size.
 
     Raises:
+        TypeError: a non-integer value.
         ValueError: a non-positive value or a batch that does not divide.
 
     Example:
@@ -61,9 +104,9 @@ def check_batch_size(batch_size, num_devices=1, num_processes=1):
     >>> check_batch_size(4096, num_devices=8, num_processes=2)
     2048
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("num_devices", num_devices, 1)
-    _check_int("num_processes", num_processes, 1)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("num_devices", num_devices)
+    check_positive_int("num_processes", num_processes)
     for name, n in (("num_devices", num_devices), ("num_processes", num_processes)):
         if batch_size % n:
             raise ValueError(
@@ -97,14 +140,26 @@ def get_builder(dataset, data_dir=None, download=False):
     >>> get_builder("scalevit_digits", data_dir=tempfile.mkdtemp()).name
     'scalevit_digits'
     """
+    check_bool("download", download)
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"`data_dir` must be a path or None, got {data_dir!r}.")
     if isinstance(dataset, tfds.core.DatasetBuilder):
         builder = dataset
     elif isinstance(dataset, str):
-        builder = tfds.builder(dataset, data_dir=data_dir)
+        try:
+            builder = tfds.builder(dataset, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            known = tfds.core.registered.list_imported_builders()
+            close = difflib.get_close_matches(dataset.split(":")[0], known, n=3)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise ValueError(
+                f"`dataset` must be a TFDS data set name such as 'imagenet2012' or "
+                f"'scalevit_digits', got {dataset!r}{hint}."
+            ) from None
     else:
         raise TypeError(
             "`dataset` must be a TFDS name (str) or a tfds.core.DatasetBuilder, "
-            f"received {type(dataset).__name__}: {dataset!r}."
+            f"got {type(dataset).__name__}: {dataset!r}."
         )
     if getattr(builder, "BUILDS_OFFLINE", False):
         if not builder.is_prepared():
@@ -174,7 +229,9 @@ def get_num_examples(
     >>> get_num_examples("scalevit_digits", "test", data_dir=tempfile.mkdtemp())
     359
     """
+    _check_processes(process_index, process_count)
     builder = get_builder(dataset, data_dir)
+    _check_split(builder, split)
     split = _process_split(split, process_index, process_count)
     n = int(_load_split(builder, split, False, None, ()).cardinality())
     if n < 0:
@@ -273,6 +330,16 @@ def make_dataset(
     Returns:
         ``tf.data.Dataset`` of ``(images, labels)`` with per-process batches.
 
+    Raises:
+        TypeError: an argument of the wrong kind (a float ``batch_size``, a
+            non-bool ``shuffle``, a non-str ``split``, an unknown pp-op keyword).
+        ValueError: a bad value, before anything is read: a batch that does
+            not divide over processes/devices, ``shuffle_buffer < 1``,
+            ``start_batch < 0``, ``process_index`` outside
+            ``[0, process_count)``, ``mixup_p <= 0``, an unknown data set
+            (with close names), a split that does not exist or selects no
+            example, a bad pp string (see ``get_preprocess_fn``).
+
     Example:
     >>> import tempfile
     >>> from keras_scalevit.data import make_dataset
@@ -284,32 +351,42 @@ def make_dataset(
     >>> images.shape.as_list(), labels.shape.as_list()
     ([8, 32, 32, 3], [8, 10])
     """
+    _check_processes(process_index, process_count)
+    if num_devices is not None:
+        check_positive_int("num_devices", num_devices)
     local_batch = check_batch_size(batch_size, num_devices or 1, process_count)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"`seed` must be an int, received seed={seed!r}.")
-    _check_int("shuffle_buffer", shuffle_buffer, 1)
-    _check_int("start_batch", start_batch, 0)
-    _check_int("process_index", process_index, 0)
-    if process_index >= process_count:
-        raise ValueError(
-            f"`process_index` must be < process_count={process_count}, received "
-            f"process_index={process_index}."
-        )
-    if not (cache is False or cache is True or isinstance(cache, str)):
-        raise ValueError(
-            f"`cache` must be True, False or a path, received cache={cache!r}."
-        )
-    if mixup_p is not None and (
-        isinstance(mixup_p, bool)
-        or not isinstance(mixup_p, (int, float))
-        or mixup_p <= 0
+    check_int("seed", seed, minimum=-(2**63), maximum=2**63 - 1)  # int64
+    for name, value in (
+        ("shuffle", shuffle),
+        ("repeat", repeat),
+        ("drop_remainder", drop_remainder),
     ):
+        check_bool(name, value)
+    check_positive_int("shuffle_buffer", shuffle_buffer)
+    check_int("start_batch", start_batch, minimum=0)
+    if not (cache is False or cache is True or isinstance(cache, (str, os.PathLike))):
+        raise TypeError(f"`cache` must be True, False or a file path, got {cache!r}.")
+    if mixup_p is not None:
+        check_positive_float("mixup_p", mixup_p)
+    _check_key_name("image_key", image_key)
+    _check_key_name("label_key", label_key)
+    if image_key == label_key:
         raise ValueError(
-            f"`mixup_p` must be None or a number > 0, received mixup_p={mixup_p!r}."
+            f"`label_key` must differ from `image_key`, got both {image_key!r}."
         )
+    if isinstance(skip_decode, str):
+        skip_decode = (skip_decode,)  # one feature name, not its characters
+    skip_decode = tuple(skip_decode or ())
+    for i, k in enumerate(skip_decode):
+        _check_key_name(f"skip_decode[{i}]", k)
+    if num_parallel_calls != tf.data.AUTOTUNE:
+        check_positive_int("num_parallel_calls", num_parallel_calls)
+    if prefetch is not None and prefetch != tf.data.AUTOTUNE:
+        check_int("prefetch", prefetch, minimum=0)
     pp_fn = get_preprocess_fn(pp)
 
     builder = get_builder(dataset, data_dir, download)
+    _check_split(builder, split)
     split = _process_split(split, process_index, process_count)
     base = _load_split(builder, split, shuffle, seed, skip_decode)
     num_examples = int(base.cardinality())
@@ -353,7 +430,7 @@ def make_dataset(
         missing = [k for k in (image_key, label_key) if k not in out]
         if missing:
             raise ValueError(
-                f"After the pp string {pp!r} the features are {sorted(out)}, but "
+                f"After the pp string {pp!r} the features are {feature_names(out)}, but "
                 f"make_dataset needs {missing} (image_key={image_key!r}, "
                 f"label_key={label_key!r}). End the pp string with e.g. "
                 f"onehot(..., key='label', key_result={label_key!r})."

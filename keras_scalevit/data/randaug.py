@@ -19,7 +19,9 @@ curves are those of the chosen library, not of the EfficientNet code.
 import keras
 import tensorflow as tf
 
-from keras_scalevit.data.builder import check_number, in_key_out_key, register_op
+from keras_scalevit.data.builder import in_key_out_key, register_op
+from keras_scalevit.data.ops_image import check_image
+from keras_scalevit.utils.validation import check_choice, check_float, check_int
 
 RANDAUG_IMPLS = ("keras_cv", "keras")
 _MAX_LEVEL = 10
@@ -185,26 +187,12 @@ def get_randaug(num_layers=2, magnitude=10, impl=None):
     >>> out.shape.as_list(), out.dtype.name  # doctest: +SKIP
     ([16, 16, 3], 'uint8')
     """
-    if (
-        isinstance(num_layers, bool)
-        or not isinstance(num_layers, int)
-        or num_layers < 1
-    ):
-        raise ValueError(
-            f"`num_layers` must be a positive int, received num_layers={num_layers!r}."
-        )
-    check_number("magnitude", magnitude)
-    if not 0 <= magnitude <= _MAX_LEVEL:
-        raise ValueError(
-            f"`magnitude` must be in [0, {_MAX_LEVEL}] (big_vision's level scale), "
-            f"received magnitude={magnitude!r}."
-        )
+    check_int("num_layers", num_layers, minimum=1)
+    # big_vision's level scale is 0..10.
+    magnitude = check_float("magnitude", magnitude, minimum=0, maximum=_MAX_LEVEL)
+    check_choice("impl", impl, (*RANDAUG_IMPLS, None))
     if impl is None:
         impl = "keras_cv" if keras_cv_available() else "keras"
-    if impl not in RANDAUG_IMPLS:
-        raise ValueError(
-            f"`impl` must be one of {RANDAUG_IMPLS} or None, received impl={impl!r}."
-        )
     if impl == "keras_cv" and not keras_cv_available():
         raise ValueError(
             "randaug(impl='keras_cv') needs keras-cv: pip install 'keras-scalevit[cv]'."
@@ -229,6 +217,9 @@ def get_randaug(num_layers=2, magnitude=10, impl=None):
 
     # A tf.function: keras-cv needs autograph, and the layers take their TF
     # code path only inside a TF graph (also when a pp string is run eagerly).
-    _randaug = tf.function(_randaug_graph)
+    _randaug_fn = tf.function(_randaug_graph)
+
+    def _randaug(image, seed):
+        return _randaug_fn(check_image("randaug", image), seed)
 
     return _randaug

@@ -21,12 +21,19 @@ results to that dict in place, so:
 per-seed numbers and the one at the end of training.
 """
 
+import os
 import time
 
 import keras
 import numpy as np
 
 from keras_scalevit.evaluation import fewshot
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_kwargs,
+    check_positive_int,
+)
 
 # big_vision's `configs/common_fewshot.py` preprocessing: a square resize.
 DEFAULT_PP = "decode|resize(256)|central_crop(224)|value_range(-1,1)"
@@ -99,6 +106,14 @@ def tfds_split_loader(pp_builder=None, data_dir=None):
     >>> callable(load_split)
     True
     """
+
+    if pp_builder is not None and not callable(pp_builder):
+        raise TypeError(
+            "`pp_builder` must be callable (pp string -> features function) or "
+            f"None, got {type(pp_builder).__name__}."
+        )
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise TypeError(f"`data_dir` must be a path or None, got {data_dir!r}.")
 
     def load_split(tfds_name, split, pp):
         import tensorflow as tf
@@ -225,7 +240,7 @@ class FewShotEvaluator(keras.callbacks.Callback):
         super().__init__()
         self.datasets = self._check_datasets(datasets)
         self.shots = fewshot._check_shots(shots)
-        self.num_seeds = fewshot._check_positive_int(num_seeds, "num_seeds")
+        self.num_seeds = check_positive_int("num_seeds", num_seeds)
         self.l2_reg = fewshot._check_l2(l2_reg)
         self.every_n_steps = self._check_optional_positive(
             every_n_steps, "every_n_steps"
@@ -233,22 +248,32 @@ class FewShotEvaluator(keras.callbacks.Callback):
         self.every_n_epochs = self._check_optional_positive(
             every_n_epochs, "every_n_epochs"
         )
-        self.at_train_end = bool(at_train_end)
-        self.batch_size = fewshot._check_positive_int(batch_size, "batch_size")
+        self.at_train_end = check_bool("at_train_end", at_train_end)
+        if (
+            self.every_n_steps is None
+            and self.every_n_epochs is None
+            and not self.at_train_end
+        ):
+            raise ValueError(
+                "`at_train_end` must be True when neither `every_n_steps` nor "
+                "`every_n_epochs` is given (the evaluator would never run), got "
+                "at_train_end=False."
+            )
+        self.batch_size = check_positive_int("batch_size", batch_size)
         if representation_fn is not None and not callable(representation_fn):
             raise TypeError(
-                "`representation_fn` must be callable (images -> features); "
-                f"received {type(representation_fn).__name__}."
+                "`representation_fn` must be callable (images -> features) or "
+                f"None, got {type(representation_fn).__name__}."
             )
         self.representation_fn = representation_fn
         if not isinstance(prefix, str):
-            raise TypeError(f"`prefix` must be a string; received {prefix!r}.")
+            raise TypeError(f"`prefix` must be a str, got {prefix!r}.")
         self.prefix = prefix
-        self.log_per_seed = bool(log_per_seed)
+        self.log_per_seed = check_bool("log_per_seed", log_per_seed)
         if l2_sweep is not None and l2_sweep is not False and l2_sweep is not True:
-            l2_sweep = tuple(fewshot._check_l2_grid(l2_sweep))
+            l2_sweep = tuple(fewshot._check_l2_grid(l2_sweep, "l2_sweep"))
         self.l2_sweep = l2_sweep or None
-        self.keep_features = bool(keep_features)
+        self.keep_features = check_bool("keep_features", keep_features)
         self.features = {}
         self.history = []
         self._resolved = {}
@@ -308,34 +333,39 @@ class FewShotEvaluator(keras.callbacks.Callback):
             config = config.to_dict()
         if not isinstance(config, dict):
             raise TypeError(
-                "`config` must be a dict or ml_collections.ConfigDict; received "
+                "`config` must be a dict or ml_collections.ConfigDict, got "
                 f"{type(config).__name__}."
             )
-        unknown = sorted(set(config) - _CONFIG_KEYS)
-        if unknown:
-            raise ValueError(
-                f"Unknown few-shot config key(s) {unknown}; allowed keys are "
-                f"{sorted(_CONFIG_KEYS)}."
+        check_kwargs("The few-shot config", config, _CONFIG_KEYS)
+        check_choice("config.type", config.get("type", "fewshot_lsr"), ("fewshot_lsr",))
+        # Only the model's representation_model (pre-logits) is supported.
+        check_choice(
+            "config.representation_layer",
+            config.get("representation_layer", "pre_logits"),
+            ("pre_logits",),
+        )
+        datasets_cfg = config.get("datasets")
+        if hasattr(datasets_cfg, "to_dict"):
+            datasets_cfg = datasets_cfg.to_dict()
+        if datasets_cfg is not None and not isinstance(datasets_cfg, dict):
+            raise TypeError(
+                "config `datasets` must be a dict {name: (tfds_name, train_split, "
+                f"test_split)}}, got {type(datasets_cfg).__name__}."
             )
-        if config.get("type", "fewshot_lsr") != "fewshot_lsr":
-            raise ValueError(
-                f"config `type` must be 'fewshot_lsr'; received {config['type']!r}."
-            )
-        layer = config.get("representation_layer", "pre_logits")
-        if layer != "pre_logits":
-            raise ValueError(
-                "config `representation_layer` must be 'pre_logits' (the "
-                f"model's representation_model); received {layer!r}."
-            )
-        if "datasets" not in config or not config["datasets"]:
+        if not datasets_cfg:
             raise ValueError(
                 "config needs `datasets`: {name: (tfds_name, train_split, "
-                f"test_split)}}; received {config.get('datasets')!r}."
+                f"test_split)}}; got {datasets_cfg!r}."
             )
         if "log_steps" in config and "every_n_steps" in config:
             raise ValueError(
                 "Give one of config `log_steps` and `every_n_steps`; received "
                 f"both ({config['log_steps']!r}, {config['every_n_steps']!r})."
+            )
+        if load_split is not None and not callable(load_split):
+            raise TypeError(
+                "`load_split` must be callable (tfds_name, split, pp) -> data, or "
+                f"None, got {type(load_split).__name__}."
             )
         if load_split is None:
             load_split = tfds_split_loader(
@@ -344,9 +374,9 @@ class FewShotEvaluator(keras.callbacks.Callback):
         pp_train = config.get("pp_train", DEFAULT_PP)
         pp_eval = config.get("pp_eval", DEFAULT_PP)
         datasets = {}
-        for name, spec in config["datasets"].items():
-            spec = tuple(spec)
-            if len(spec) not in (3, 4):
+        for name, spec in datasets_cfg.items():
+            spec = tuple(spec) if isinstance(spec, (tuple, list)) else (spec,)
+            if len(spec) not in (3, 4) or not all(isinstance(v, str) for v in spec[:3]):
                 raise ValueError(
                     f"config `datasets[{name!r}]` must be (tfds_name, "
                     f"train_split, test_split[, num_classes]); received {spec!r}."
@@ -382,15 +412,15 @@ class FewShotEvaluator(keras.callbacks.Callback):
     def _check_optional_positive(value, name):
         if value is None:
             return None
-        return fewshot._check_positive_int(value, name)
+        return check_positive_int(name, value)
 
     @staticmethod
     def _check_datasets(datasets):
-        if not isinstance(datasets, dict) or not datasets:
-            raise ValueError(
-                "`datasets` must be a non-empty dict name -> (train, test[, "
-                f"num_classes]); received {datasets!r:.200}."
-            )
+        what = "a non-empty dict name -> (train, test[, num_classes])"
+        if not isinstance(datasets, dict):
+            raise TypeError(f"`datasets` must be {what}, got {datasets!r:.200}.")
+        if not datasets:
+            raise ValueError(f"`datasets` must be {what}, got an empty dict.")
         out = {}
         for name, spec in datasets.items():
             if not isinstance(name, str) or not name:
@@ -416,7 +446,9 @@ class FewShotEvaluator(keras.callbacks.Callback):
                     f"{type(spec).__name__}."
                 )
             if num_classes is not None:
-                num_classes = fewshot._check_num_classes(num_classes)
+                num_classes = check_positive_int(
+                    f"datasets[{name!r}] num_classes", num_classes
+                )
             out[name] = {"train": train, "test": test, "num_classes": num_classes}
         return out
 
@@ -569,19 +601,23 @@ class FewShotEvaluator(keras.callbacks.Callback):
                 num_classes = int(max(y_train.max(), y_test.max())) + 1
             if self.keep_features:
                 self.features[name] = (x_train, y_train, x_test, y_test)
-            out = fewshot.fewshot_evaluate(
-                x_train,
-                y_train,
-                x_test,
-                y_test,
-                num_classes=num_classes,
-                name=name,
-                shots=self.shots,
-                seeds=tuple(range(self.num_seeds)),
-                l2_reg=self.l2_reg,
-                l2_sweep=self.l2_sweep,
-                per_seed=True,
-            )
+            try:
+                out = fewshot.fewshot_evaluate(
+                    x_train,
+                    y_train,
+                    x_test,
+                    y_test,
+                    num_classes=num_classes,
+                    name=name,
+                    shots=self.shots,
+                    seeds=tuple(range(self.num_seeds)),
+                    l2_reg=self.l2_reg,
+                    l2_sweep=self.l2_sweep,
+                    per_seed=True,
+                )
+            except ValueError as e:
+                # The features are the model's representations of the data set.
+                raise ValueError(f"FewShotEvaluator, data set {name!r}: {e}") from None
             results.update({self.prefix + k: v for k, v in out.items()})
         return results
 

@@ -25,6 +25,14 @@ import warnings
 
 import numpy as np
 
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_float,
+    check_int,
+    check_positive_float,
+    check_positive_int,
+)
+
 # big_vision's constant bias feature: large so that its weight is barely
 # penalised by the l2 term (which covers every column, the bias included).
 BIAS_CONSTANT = 100.0
@@ -46,67 +54,60 @@ _PREDICT_CHUNK_ROWS = 8192
 
 
 def _check_num_classes(num_classes):
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or num_classes < 1
-    ):
-        raise ValueError(
-            f"`num_classes` must be a positive integer; received {num_classes!r}."
-        )
-    return int(num_classes)
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer; received {value!r}.")
-    return int(value)
+    return check_positive_int("num_classes", num_classes)
 
 
 def _check_l2(l2_reg, name="l2_reg"):
-    if isinstance(l2_reg, bool) or not isinstance(l2_reg, numbers.Real):
-        raise ValueError(
-            f"`{name}` must be a positive finite number; received {l2_reg!r}."
-        )
-    value = float(l2_reg)
-    if not np.isfinite(value) or value <= 0.0:
-        raise ValueError(
-            f"`{name}` must be a positive finite number; received {l2_reg!r}."
-        )
-    return value
+    return check_positive_float(name, l2_reg)
 
 
 def _check_features(features, name):
     array = np.asarray(features)
-    if array.ndim != 2:
-        raise ValueError(
-            f"`{name}` must be a 2-D array (examples, features); received shape "
-            f"{array.shape}."
+    if (
+        array.dtype == object
+        or not (
+            np.issubdtype(array.dtype, np.floating)
+            or np.issubdtype(array.dtype, np.integer)
         )
-    if not (
-        np.issubdtype(array.dtype, np.floating)
-        or np.issubdtype(array.dtype, np.integer)
+        or array.dtype == bool
     ):
         raise TypeError(
-            f"`{name}` must hold real numbers; received dtype {array.dtype}."
+            f"`{name}` must hold real numbers (a float or int array), got dtype "
+            f"{array.dtype}."
         )
-    if array.shape[0] == 0:
-        raise ValueError(f"`{name}` has no rows; received shape {array.shape}.")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"`{name}` contains NaN or infinite values.")
+    if array.ndim != 2:
+        raise ValueError(
+            f"`{name}` must be a 2-D array (examples, features), got shape "
+            f"{array.shape}."
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(
+            f"`{name}` must have at least one row and one feature column, got "
+            f"shape {array.shape}."
+        )
+    finite = np.isfinite(array)
+    if not np.all(finite):
+        rows = np.flatnonzero(~finite.all(axis=1))
+        raise ValueError(
+            f"`{name}` must be finite, got NaN or infinite values in "
+            f"{rows.size} row(s), e.g. row(s) {rows[:5].tolist()} (a diverged "
+            "model, or bad input images?)."
+        )
     return array
 
 
 def _check_labels(labels, name, num_classes, num_rows=None, rows_name=None):
     array = np.asarray(labels)
+    if array.size and (
+        array.dtype == bool or not np.issubdtype(array.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"`{name}` must hold integer class ids, got dtype {array.dtype}."
+        )
     if array.ndim != 1:
         raise ValueError(
-            f"`{name}` must be a 1-D array of integer class ids; received shape "
-            f"{array.shape}."
-        )
-    if array.size and not np.issubdtype(array.dtype, np.integer):
-        raise TypeError(
-            f"`{name}` must hold integer class ids; received dtype {array.dtype}."
+            f"`{name}` must be a 1-D array of integer class ids (not one-hot), "
+            f"got shape {array.shape}."
         )
     if num_rows is not None and array.shape[0] != num_rows:
         raise ValueError(
@@ -118,8 +119,8 @@ def _check_labels(labels, name, num_classes, num_rows=None, rows_name=None):
         if low < 0 or high >= num_classes:
             bad = array[(array < 0) | (array >= num_classes)]
             raise ValueError(
-                f"`{name}` must lie in [0, num_classes) = [0, {num_classes}); "
-                f"received values such as {sorted(set(bad.tolist()))[:5]}."
+                f"`{name}` must lie in [0, num_classes) = [0, {num_classes}), "
+                f"got values such as {sorted(set(bad.tolist()))[:5]}."
             )
     return array.astype(np.int64)
 
@@ -166,10 +167,8 @@ def _warn_short_classes(counts, shots):
         )
 
 
-def _check_seed(seed):
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"`seed` must be a non-negative integer; received {seed!r}.")
-    return int(seed)
+def _check_seed(seed, name="seed"):
+    return check_int(name, seed, minimum=0)
 
 
 def sample_shots(labels, shots, seed, *, num_classes):
@@ -191,6 +190,11 @@ def sample_shots(labels, shots, seed, *, num_classes):
     Returns:
         int64 array of row indices into ``labels`` (class 0's rows first).
 
+    Raises:
+        TypeError: a non-integer ``shots``, ``seed``, ``num_classes`` or labels.
+        ValueError: ``shots < 1``, ``seed < 0``, labels outside
+            ``[0, num_classes)`` or a class without rows.
+
     Example:
 
     >>> import numpy as np
@@ -201,7 +205,7 @@ def sample_shots(labels, shots, seed, *, num_classes):
     [0, 0, 1, 1]
     """
     num_classes = _check_num_classes(num_classes)
-    shots = _check_positive_int(shots, "shots")
+    shots = check_positive_int("shots", shots)
     seed = _check_seed(seed)
     labels = _check_labels(labels, "labels", num_classes)
     counts = _check_no_empty_class(labels, num_classes, "labels")
@@ -366,19 +370,22 @@ def fewshot_accuracy(
     >>> 0.0 <= acc <= 1.0
     True
     """
+    train_features, train_labels, test_features, num_classes = _check_problem(
+        train_features, train_labels, test_features, num_classes
+    )
+    test_labels = _check_labels(
+        test_labels,
+        "test_labels",
+        num_classes,
+        num_rows=test_features.shape[0],
+        rows_name="test_features",
+    )
     predictions = fewshot_predictions(
         train_features,
         train_labels,
         test_features,
         num_classes=num_classes,
         l2_reg=l2_reg,
-    )
-    test_labels = _check_labels(
-        test_labels,
-        "test_labels",
-        int(num_classes),
-        num_rows=predictions.shape[0],
-        rows_name="test_features",
     )
     return float(np.mean(predictions == test_labels))
 
@@ -388,19 +395,14 @@ def fewshot_accuracy(
 # --------------------------------------------------------------------------
 
 
-def _check_l2_grid(l2_grid):
-    try:
-        values = [float(v) for v in l2_grid]
-    except TypeError as error:
-        raise ValueError(
-            f"`l2_grid` must be a non-empty sequence of positive numbers; "
-            f"received {l2_grid!r}."
-        ) from error
+def _check_l2_grid(l2_grid, name="l2_grid"):
+    what = "a non-empty sequence of finite numbers > 0"
+    if isinstance(l2_grid, (str, bytes, dict)) or not hasattr(l2_grid, "__iter__"):
+        raise TypeError(f"`{name}` must be {what}, got {l2_grid!r}.")
+    values = list(l2_grid)
     if not values:
-        raise ValueError("`l2_grid` must be non-empty; received an empty sequence.")
-    for v in values:
-        _check_l2(v, "l2_grid")
-    return values
+        raise ValueError(f"`{name}` must be {what}, got an empty sequence.")
+    return [check_positive_float(f"{name}[{i}]", v) for i, v in enumerate(values)]
 
 
 def select_l2_reg(
@@ -456,13 +458,14 @@ def select_l2_reg(
     )
     _check_no_empty_class(train_labels, num_classes, "train_labels")
     grid = _check_l2_grid(l2_grid)
-    if not (
-        isinstance(holdout_fraction, numbers.Real) and 0.0 < holdout_fraction < 1.0
-    ):
-        raise ValueError(
-            "`holdout_fraction` must be a number in (0, 1); received "
-            f"{holdout_fraction!r}."
-        )
+    check_float(
+        "holdout_fraction",
+        holdout_fraction,
+        minimum=0,
+        maximum=1,
+        min_inclusive=False,
+        max_inclusive=False,
+    )
     fit_rows, held_rows = [], []
     for c in range(num_classes):
         rows = np.flatnonzero(train_labels == c)
@@ -477,8 +480,8 @@ def select_l2_reg(
     held_rows = np.concatenate(held_rows)
     if held_rows.size == 0:
         raise ValueError(
-            "`select_l2_reg` needs at least one class with two or more training "
-            "rows to hold one out; received one row per class (1-shot)."
+            "`train_labels` must have at least one class with two or more rows "
+            "for `select_l2_reg` to hold one out, got one row per class (1-shot)."
         )
     system = _RidgeSystem(train_features[fit_rows], train_labels[fit_rows], num_classes)
     held_x, held_y = train_features[held_rows], train_labels[held_rows]
@@ -496,28 +499,35 @@ def select_l2_reg(
 # --------------------------------------------------------------------------
 
 
-def _check_shots(shots):
-    if isinstance(shots, numbers.Integral):
-        shots = (shots,)
-    try:
-        values = tuple(shots)
-    except TypeError as error:
-        raise ValueError(
-            f"`shots` must be a positive integer or a sequence of them; received "
-            f"{shots!r}."
-        ) from error
+def _check_int_sequence(name, values, check):
+    """An int or a non-empty sequence of distinct ints, each passing ``check``."""
+    what = "an integer or a non-empty sequence of distinct integers"
+    if isinstance(values, numbers.Integral) and not isinstance(values, bool):
+        values = (values,)
+    if isinstance(values, (str, bytes, dict, bool)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"`{name}` must be {what}, got {values!r}.")
+    values = tuple(check(f"{name}[{i}]", v) for i, v in enumerate(values))
     if not values:
-        raise ValueError("`shots` must be non-empty; received an empty sequence.")
-    return tuple(_check_positive_int(k, "shots") for k in values)
+        raise ValueError(f"`{name}` must be {what}, got an empty sequence.")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(
+            f"`{name}` must not repeat values (each is reported once), got "
+            f"{values!r} with {repeated} repeated."
+        )
+    return values
+
+
+def _check_shots(shots):
+    return _check_int_sequence("shots", shots, check_positive_int)
 
 
 def _check_seeds(seeds):
-    if isinstance(seeds, numbers.Integral):
-        seeds = (seeds,)
-    values = tuple(seeds)
-    if not values:
-        raise ValueError("`seeds` must be non-empty; received an empty sequence.")
-    return tuple(_check_seed(s) for s in values)
+    return _check_int_sequence("seeds", seeds, _check_seed_named)
+
+
+def _check_seed_named(name, seed):
+    return _check_seed(seed, name)
 
 
 def fewshot_evaluate(
@@ -569,6 +579,15 @@ def fewshot_evaluate(
     Returns:
         dict of str -> Python float.
 
+    Raises:
+        TypeError: an argument of the wrong kind (float shots, string labels,
+            a non-bool ``per_seed``).
+        ValueError: before any solve: shots < 1 or repeated, negative or
+            repeated seeds, ``l2_reg <= 0`` or not finite, features that are
+            not 2-D, have NaN/inf, or differ in width between train and test,
+            labels outside ``[0, num_classes)`` or not one per row, a class
+            without training rows.
+
     Example:
 
     >>> import numpy as np
@@ -584,14 +603,19 @@ def fewshot_evaluate(
     ['toy_1shot', 'toy_1shot-seed-0', 'toy_1shot-seed-1']
     """
     num_classes = _check_num_classes(num_classes)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a non-empty string; received {name!r}.")
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a non-empty str, got {name!r}.")
+    if not name:
+        raise ValueError("`name` must be a non-empty str, got ''.")
     shots = _check_shots(shots)
     seeds = _check_seeds(seeds)
     l2_reg = _check_l2(l2_reg)
+    per_seed = check_bool("per_seed", per_seed)
     grid = None
     if l2_sweep is not None and l2_sweep is not False:
-        grid = _check_l2_grid(DEFAULT_L2_GRID if l2_sweep is True else l2_sweep)
+        grid = _check_l2_grid(
+            DEFAULT_L2_GRID if l2_sweep is True else l2_sweep, "l2_sweep"
+        )
     train_features, train_labels, test_features, _ = _check_problem(
         train_features, train_labels, test_features, num_classes
     )

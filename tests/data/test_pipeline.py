@@ -179,7 +179,7 @@ def test_batch_size_check():
         check_batch_size(10, num_devices=4)
     with pytest.raises(ValueError, match="batch_size=6, num_processes=4"):
         check_batch_size(6, num_processes=4)
-    with pytest.raises(ValueError, match="batch_size=0"):
+    with pytest.raises(ValueError, match="`batch_size` must be an integer >= 1, got 0"):
         check_batch_size(0)
 
 
@@ -187,11 +187,10 @@ def test_batch_size_check():
     "kwargs, fragment",
     [
         (dict(batch_size=30, num_devices=8), "num_devices=8"),
-        (dict(start_batch=-1), "start_batch=-1"),
-        (dict(mixup_p=0.0), "mixup_p=0.0"),
+        (dict(start_batch=-1), "`start_batch` must be an integer >= 0, got -1"),
+        (dict(mixup_p=0.0), "`mixup_p` must be a finite number > 0, got 0.0"),
         (dict(cache="yes please", shuffle=False), None),
-        (dict(cache=1), "cache=1"),
-        (dict(process_index=2, process_count=2), "process_index=2"),
+        (dict(process_index=2, process_count=2), "`process_index` must be .* got 2"),
     ],
 )
 def test_make_dataset_bad_arguments(digits_dir, kwargs, fragment):
@@ -258,7 +257,7 @@ def test_mixup_bad_inputs():
     }
     with pytest.raises(ValueError, match="uint8"):
         mixup(batch, p=0.2, seed=[0, 0])
-    with pytest.raises(ValueError, match="p=-1"):
+    with pytest.raises(ValueError, match="`p` must be a finite number > 0, got -1"):
         mixup(batch, p=-1, seed=[0, 0])
     with pytest.raises(ValueError, match="'labels'"):
         mixup({"image": np.zeros((2, 3), np.float32)}, p=0.2, seed=[0, 0])

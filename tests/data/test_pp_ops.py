@@ -191,24 +191,29 @@ def test_required_ops_registered():
 
 
 @pytest.mark.parametrize(
-    "pp, op, fragment",
+    "pp, op, error, fragment",
     [
-        ("decode|resise(224)|flip_lr", "resise", "Unknown pp op"),
-        ("decode|resize(-3)", "resize", "size=-3"),
-        ("resize(8, methd='area')", "resize", "methd"),
-        ("resize(8, method='cubic')", "resize", "method='cubic'"),
-        ("inception_crop(224, area_min=50, area_max=20)", "inception_crop", "area_min"),
-        ("onehot(0)", "onehot", "depth=0"),
-        ("value_range('a')", "value_range", "vmin='a'"),
-        ("randaug(2, magnitude=30)", "randaug", "magnitude=30"),
-        ("randaug(impl='torchvision')", "randaug", "impl='torchvision'"),
-        ("keep(image)", "keep(image)", "literals"),
-        ("resize(__import__('os').getcwd())", "resize", "literals"),
-        ("resize(8", "resize(8", "cannot parse"),
+        ("decode|resise(224)|flip_lr", "resise", ValueError, "did you mean 'resize'"),
+        ("decode|resize(-3)", "resize", ValueError, "`size` must be"),
+        ("resize(8, methd='area')", "resize", TypeError, "did you mean 'method'"),
+        ("resize(8, method='cubic')", "resize", ValueError, "got 'cubic'"),
+        (
+            "inception_crop(224, area_min=50, area_max=20)",
+            "inception_crop",
+            ValueError,
+            "area_min",
+        ),
+        ("onehot(0)", "onehot", ValueError, "`depth` must be an integer >= 1, got 0"),
+        ("value_range('a')", "value_range", TypeError, "`vmin` must be"),
+        ("randaug(2, magnitude=30)", "randaug", ValueError, "`magnitude`"),
+        ("randaug(impl='torchvision')", "randaug", ValueError, "got 'torchvision'"),
+        ("keep(image)", "keep(image)", ValueError, "literals"),
+        ("resize(__import__('os').getcwd())", "resize", ValueError, "literals"),
+        ("resize(8", "resize(8", ValueError, "cannot parse"),
     ],
 )
-def test_bad_pp_string_errors_quote_the_string(pp, op, fragment):
-    with pytest.raises(ValueError) as e:
+def test_bad_pp_string_errors_quote_the_string(pp, op, error, fragment):
+    with pytest.raises(error) as e:
         get_preprocess_fn(pp)
     msg = str(e.value)
     assert repr(pp) in msg and op in msg and fragment in msg

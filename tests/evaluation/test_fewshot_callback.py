@@ -298,9 +298,7 @@ def test_vit_mu8_representation(digits):
 
 
 def test_error_unknown_config_key():
-    with pytest.raises(
-        ValueError, match=r"Unknown few-shot config key\(s\) \['shot'\]"
-    ):
+    with pytest.raises(TypeError, match=r"'shot' \(did you mean 'shots'\?\)"):
         FewShotEvaluator.from_config({"datasets": {"a": ("a", "t", "v")}, "shot": 5})
 
 
