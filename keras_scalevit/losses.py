@@ -50,7 +50,9 @@ def sigmoid_xent(y_true, y_pred):
     be one-hot, multi-hot or soft.
 
     Args:
-        y_true: labels, shape (..., C).
+        y_true: labels, shape (..., C): the logits' shape. Another static shape
+            raises ``ValueError`` (integer class ids must be one-hot encoded
+            first; broadcasting them would give a wrong number).
         y_pred: logits ``z``, shape (..., C).
 
     Returns:
@@ -76,7 +78,8 @@ def softmax_xent(y_true, y_pred):
     """Per-example softmax cross-entropy, ``-sum_c y_c log_softmax(z)_c``.
 
     Args:
-        y_true: labels (one-hot, multi-hot or soft), shape (..., C).
+        y_true: labels (one-hot, multi-hot or soft) of the logits' shape
+            (..., C); another static shape raises ``ValueError``.
         y_pred: logits ``z``, shape (..., C).
 
     Returns:

@@ -256,13 +256,15 @@ class BigVisionSchedule(keras.optimizers.schedules.LearningRateSchedule):
     at once).
 
     Args:
-        total_steps: int. Length of training in steps.
-        base: float. Peak value.
+        total_steps: int >= 1. Length of training in steps.
+        base: float >= 0. Peak value.
         decay_type: str. One of ``"linear"``, ``"polynomial"``, ``"cosine"``,
             ``"rsqrt"``, ``"stair"``.
         warmup_steps: int. Linear warmup length (0: none); must be < total_steps
             unless total_steps <= 1.
-        cooldown_steps: int. Linear cooldown to 0 over the last steps (0: none).
+        cooldown_steps: int. Linear cooldown to 0 over the last steps (0: none);
+            at most ``total_steps``. Warmup and cooldown may overlap: both ramps
+            multiply, as in big_vision (the peak is then never reached).
         power: number. Exponent of ``"linear"``/``"polynomial"`` decay (an int is
             applied by repeated multiplication, as ``jnp`` does).
         end: float. Final value of ``"linear"``/``"polynomial"`` decay.

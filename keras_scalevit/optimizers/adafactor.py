@@ -156,7 +156,8 @@ class Adafactor(BigVisionOptimizer):
             ``weight_decay * lr``; the paper: ``weight_decay=0.03``).
         weight_decay_multipliers: list of ``(regex, mult)``, first ``re.fullmatch`` on
             ``variable.path`` wins, unmatched: no decay (default ``[(".*/kernel$", 1)]``;
-            the paper: ``[(".*head/kernel", 100.0), (".*/kernel", 1.0)]``).
+            the paper: ``[(".*head/kernel", 100.0), (".*/kernel", 1.0)]``). A rule
+            that decides no variable is reported with a `UserWarning` at `build`.
         learning_rate_multipliers: list of ``(regex, mult > 0)``.
         schedule: big_vision's per-group ``schedule`` (see `BigVisionOptimizer`).
         schedule_kwargs: dict with ``total_steps`` (+ ``batch_size``, ``data_size``)
@@ -175,10 +176,13 @@ class Adafactor(BigVisionOptimizer):
     >>> optimizer = Adafactor(
     ...     schedule, weight_decay=0.03, global_clipnorm=1.0,
     ...     weight_decay_multipliers=[(".*head/kernel", 100.0), (".*/kernel", 1.0)])
-    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(4, name="head")])
+    >>> model = keras.Sequential([keras.Input((64,)),
+    ...     keras.layers.Dense(64, name="body"), keras.layers.Dense(4, name="head")])
     >>> model.compile(optimizer=optimizer, loss="mse")
     >>> optimizer.build(model.trainable_variables)
-    >>> sorted(optimizer.variable_state(model.layers[0].kernel))
+    >>> sorted(optimizer.variable_state(model.layers[0].kernel))  # (64, 64): factored
+    ['momentum', 'v_col', 'v_row']
+    >>> sorted(optimizer.variable_state(model.layers[1].kernel))  # (64, 4): full v
     ['momentum', 'v']
 
     Reference:

@@ -409,7 +409,12 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         weight_decay_multipliers: list of ``(regex, multiplier >= 0)``; the first
             pattern that ``re.fullmatch``-es ``variable.path`` gives the multiplier, and
             a variable matching none is not decayed. Default (when ``weight_decay`` is
-            set): big_vision's ``[(".*/kernel$", 1.0)]``.
+            set): big_vision's ``[(".*/kernel$", 1.0)]``. A given rule that decides no
+            variable (it matches none, or earlier rules take all it matches) is
+            reported at `build` with a `UserWarning` naming it (likewise for
+            ``learning_rate_multipliers`` and ``schedule`` entries): a warning, not
+            an error, because a rule can legitimately be idle for one model (e.g.
+            a head rule on a model built without a head).
         learning_rate_multipliers: list of ``(regex, multiplier > 0)``, first match
             wins, unmatched variables use 1.
         schedule: None, or big_vision's ``schedule``: a dict / LearningRateSchedule
