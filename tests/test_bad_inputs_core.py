@@ -655,9 +655,9 @@ CASES = {
         r"`decay_rate` must be a finite number > 0, got 0\.0\.",
     ),
     "adafactor_decay_offset": (
-        lambda t: Adafactor(1e-3, decay_offset=-1),
-        ValueError,
-        r"`decay_offset` must be an integer >= 0, got -1\.",
+        lambda t: Adafactor(1e-3, decay_offset=1.5),
+        TypeError,
+        r"`decay_offset` must be an integer, got 1\.5\.",
     ),
     "adafactor_clipping_threshold": (
         lambda t: Adafactor(1e-3, clipping_threshold=0.0),

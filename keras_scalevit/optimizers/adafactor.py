@@ -225,8 +225,9 @@ class Adafactor(BigVisionOptimizer):
         )
         # epsilon = 0 gives 0 / 0 for a variable whose gradient is zero.
         epsilon = check_positive_float("epsilon", epsilon)
-        # optax counts t = step - decay_offset + 1: steps before the offset give NaN.
-        decay_offset = check_int("decay_offset", decay_offset, minimum=0)
+        # Any integer (optax's t = step - decay_offset + 1): a positive offset is
+        # meant for an optimizer whose step count continues past it (fine-tuning).
+        decay_offset = check_int("decay_offset", decay_offset)
         min_dim_size_to_factor = check_int(
             "min_dim_size_to_factor", min_dim_size_to_factor, minimum=1
         )
