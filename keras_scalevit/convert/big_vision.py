@@ -373,8 +373,9 @@ def load_big_vision_weights(model, source, *, skip_head=False):
     Every model weight must be present with its shape, and every checkpoint entry
     must be used, else a `ValueError` lists the missing, unexpected and mis-shaped
     keys; a weight holding NaN or infinite values raises a `ValueError` naming
-    it. Nothing is assigned unless every check passes. A learned position embedding of another square grid is resampled as
-    big_vision's `resample_posemb` does (fine-tuning at another resolution).
+    it. Nothing is assigned unless every check passes. A learned position
+    embedding of another square grid is resampled as big_vision's
+    `resample_posemb` does (fine-tuning at another resolution).
 
     Args:
         model: a `ViTClassifier` or `ViTBackbone`.

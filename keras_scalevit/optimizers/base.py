@@ -269,8 +269,10 @@ def _warn_unused_rules(argument, rules, hits, paths):
                 f"it full-matches none of the {len(paths)} variable paths "
                 f"({shown}{more})"
             )
+        if value is not None and not isinstance(value, numbers.Real):
+            value = type(value).__name__  # a schedule object: its class name
         warnings.warn(
-            f"`{argument}` rule ({pattern!r}, {value!r}) applies to no variable: "
+            f"`{argument}` rule ({pattern!r}, {value}) applies to no variable: "
             f"{why}. Patterns are matched with re.fullmatch on variable.path.",
             UserWarning,
             stacklevel=3,
