@@ -16,6 +16,11 @@ from keras_scalevit.utils.validation import check_shape
 _NAMES = ("sigmoid_xent", "softmax_xent")
 
 
+def _unknown_rank(x):
+    # TensorFlow's TensorShape has `rank` None when even the rank is unknown.
+    return getattr(getattr(x, "shape", None), "rank", 0) is None
+
+
 def _check_shapes(y_true, y_pred):
     """``y_true`` must have the logits' shape (static shapes only: graph-safe).
 
@@ -23,6 +28,8 @@ def _check_shapes(y_true, y_pred):
     broadcastable mismatch (integer ids ``(n,)`` or ``(n, 1)`` against ``(n, C)``
     logits) would silently give a wrong number.
     """
+    if _unknown_rank(y_pred) or _unknown_rank(y_true):
+        return  # e.g. a TF function retraced with relaxed shapes: nothing static
     pred_shape = tuple(y_pred.shape)
     if len(pred_shape) < 1:
         raise ValueError(

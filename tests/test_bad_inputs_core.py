@@ -990,13 +990,26 @@ def test_losses_accept_multi_hot_integer_labels_of_the_logits_shape():
     np.testing.assert_allclose(loss, 3 * np.log(2), rtol=1e-6)
 
 
-def test_loss_shape_check_inside_compiled_fit():
-    """The check reads static shapes only: it works inside a compiled train step
-    (unknown batch size on TensorFlow) and refuses integer labels there too."""
+def _compiled_dense():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     model.compile(optimizer="sgd", loss=losses.SoftmaxXent())
+    return model
+
+
+def test_loss_shape_check_inside_compiled_fit():
+    """The check reads static shapes only: it works inside a compiled train step
+    (unknown batch size on TensorFlow) and refuses integer labels there too.
+
+    Known limit: a TensorFlow step retraced with relaxed shapes can see labels
+    of unknown rank; nothing static is left to check and the check passes.
+    """
     x = np.ones((4, 4), "float32")
-    history = model.fit(x, np.eye(3, dtype="float32")[[0, 1, 2, 0]], verbose=0)
+    history = _compiled_dense().fit(
+        x, np.eye(3, dtype="float32")[[0, 1, 2, 0]], verbose=0
+    )
     assert np.isfinite(history.history["loss"][0])
-    with pytest.raises(ValueError, match=r"`y_true` must have shape"):
-        model.fit(x, np.array([0, 1, 2, 0], "float32"), verbose=0)
+    with pytest.raises(
+        ValueError,
+        match=r"`y_true` must have shape \((4|\?), 3\).*got shape \((4|None),\)",
+    ):
+        _compiled_dense().fit(x, np.array([0, 1, 2, 0], "float32"), verbose=0)
