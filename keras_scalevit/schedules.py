@@ -19,6 +19,15 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_kwargs,
+    check_non_negative_float,
+    check_positive_int,
+)
+
 DECAY_TYPES = ("linear", "polynomial", "cosine", "rsqrt", "stair")
 
 _DURATION_SUFFIXES = ("steps", "examples", "epochs", "percent")
@@ -31,12 +40,23 @@ _KNOWN_KEYWORDS = frozenset(
 
 
 def _check_number(name, value, *, allow_none=False):
+    # Validates without converting: an int stays an int (the rsqrt schedule adds
+    # integer offsets exactly, as big_vision does in int32).
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a number; received {name}={value!r}.")
+        raise TypeError(f"`{name}` must be a finite number, got {value!r}.")
     if not math.isfinite(value):
-        raise ValueError(f"`{name}` must be finite; received {name}={value!r}.")
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+
+
+def _check_decay_type(decay_type):
+    try:
+        return check_choice("decay_type", decay_type, DECAY_TYPES)
+    except ValueError as e:
+        raise ValueError(
+            f"{str(e)[:-1]} (allowed values: `keras_scalevit.schedules.DECAY_TYPES`)."
+        ) from None
 
 
 def duration_to_steps(
@@ -82,8 +102,7 @@ def duration_to_steps(
     key = given[0]
     value = kwargs[key]
     _check_number(key, value)
-    if value < 0:
-        raise ValueError(f"`{key}` must be >= 0; received {key}={value!r}.")
+    check_non_negative_float(key, value)  # the value itself is kept (int stays int)
 
     def to_integer(x):
         # big_vision: round to nearest, but at least one step unless exactly 0.
@@ -113,7 +132,7 @@ def duration_to_steps(
             f"`{key}`={value!r} needs `total_steps`; received total_steps={total_steps!r}."
         )
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"`{key}` must lie in [0, 1]; received {key}={value!r}.")
+        raise ValueError(f"`{key}` must be a fraction in [0, 1], got {value!r}.")
     return to_integer(value * total_steps)
 
 
@@ -169,23 +188,28 @@ def create_learning_rate_schedule(
     >>> round(float(sched(10_000)), 8)
     0.0008
     """
-    _check_number("total_steps", total_steps)
-    if total_steps < 0:
-        raise ValueError(
-            f"`total_steps` must be >= 0; received total_steps={total_steps!r}."
-        )
+    check_kwargs(
+        "create_learning_rate_schedule",
+        kw,
+        sorted(_KNOWN_KEYWORDS)
+        + [
+            "total_steps",
+            "base",
+            "decay_type",
+            "batch_size",
+            "data_size",
+            "scale_with_batchsize",
+        ],
+    )
+    total_steps = check_positive_int("total_steps", total_steps)
     _check_number("base", base)
-    if decay_type not in DECAY_TYPES:
-        raise ValueError(
-            f"Unknown `decay_type`={decay_type!r}; allowed values: {DECAY_TYPES}."
-        )
-    unknown = sorted(set(kw) - _KNOWN_KEYWORDS)
-    if unknown:
-        raise TypeError(
-            f"Unknown schedule keyword(s) {unknown}; allowed: {sorted(_KNOWN_KEYWORDS)}, "
-            "plus total_steps, base, decay_type, batch_size, data_size, "
-            "scale_with_batchsize."
-        )
+    check_non_negative_float("base", base)
+    _check_decay_type(decay_type)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
+    if data_size is not None:
+        data_size = check_positive_int("data_size", data_size)
+    scale_with_batchsize = check_bool("scale_with_batchsize", scale_with_batchsize)
     sizes = dict(data_size=data_size, batch_size=batch_size, total_steps=total_steps)
     warmup = duration_to_steps("warmup", kw, **sizes)
     cooldown = duration_to_steps("cooldown", kw, **sizes)
@@ -232,13 +256,15 @@ class BigVisionSchedule(keras.optimizers.schedules.LearningRateSchedule):
     at once).
 
     Args:
-        total_steps: int. Length of training in steps.
-        base: float. Peak value.
+        total_steps: int >= 1. Length of training in steps.
+        base: float >= 0. Peak value.
         decay_type: str. One of ``"linear"``, ``"polynomial"``, ``"cosine"``,
             ``"rsqrt"``, ``"stair"``.
         warmup_steps: int. Linear warmup length (0: none); must be < total_steps
             unless total_steps <= 1.
-        cooldown_steps: int. Linear cooldown to 0 over the last steps (0: none).
+        cooldown_steps: int. Linear cooldown to 0 over the last steps (0: none);
+            at most ``total_steps``. Warmup and cooldown may overlap: both ramps
+            multiply, as in big_vision (the peak is then never reached).
         power: number. Exponent of ``"linear"``/``"polynomial"`` decay (an int is
             applied by repeated multiplication, as ``jnp`` does).
         end: float. Final value of ``"linear"``/``"polynomial"`` decay.
@@ -275,10 +301,9 @@ class BigVisionSchedule(keras.optimizers.schedules.LearningRateSchedule):
         mults=(),
         name=None,
     ):
-        if decay_type not in DECAY_TYPES:
-            raise ValueError(
-                f"Unknown `decay_type`={decay_type!r}; allowed values: {DECAY_TYPES}."
-            )
+        _check_decay_type(decay_type)
+        # A run has at least one step (0 steps would divide by zero: NaN).
+        total_steps = check_positive_int("total_steps", total_steps)
         for arg, value in dict(
             total_steps=total_steps,
             base=base,
@@ -291,33 +316,50 @@ class BigVisionSchedule(keras.optimizers.schedules.LearningRateSchedule):
         ).items():
             _check_number(arg, value)
         for arg, value in dict(
-            total_steps=total_steps,
+            base=base,
             warmup_steps=warmup_steps,
             cooldown_steps=cooldown_steps,
         ).items():
-            if value < 0:
-                raise ValueError(f"`{arg}` must be >= 0; received {arg}={value!r}.")
+            check_non_negative_float(arg, value)
         if total_steps > 1 and warmup_steps >= total_steps:
             raise ValueError(
-                f"`warmup_steps` must be < `total_steps`; received warmup_steps="
-                f"{warmup_steps!r} with total_steps={total_steps!r}."
+                "`warmup_steps` must be < `total_steps` (the warmup would never "
+                f"reach the peak), got warmup_steps={warmup_steps!r} with "
+                f"total_steps={total_steps!r}."
+            )
+        if cooldown_steps > total_steps:
+            raise ValueError(
+                "`cooldown_steps` must be <= `total_steps` (a longer cooldown starts "
+                f"before the run), got cooldown_steps={cooldown_steps!r} with "
+                f"total_steps={total_steps!r}."
             )
         if decay_type == "rsqrt" and timescale <= 0:
+            raise ValueError(f"`timescale` must be > 0, got {timescale!r}.")
+        if decay_type == "rsqrt" and shift <= -timescale:
             raise ValueError(
-                f"`timescale` must be > 0; received timescale={timescale!r}."
+                f"`shift` must be > -timescale ({-timescale!r}): 1 + shift / "
+                f"timescale is square-rooted, got shift={shift!r}."
             )
+        if decay_type in ("linear", "polynomial") and power < 0:
+            raise ValueError(
+                f"`power` must be >= 0 (a negative power is infinite at the end of "
+                f"the run), got {power!r}."
+            )
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string or None, got {name!r}.")
         steps, mults = list(steps), list(mults)
         if len(steps) != len(mults):
             raise ValueError(
                 "`steps` and `mults` must have the same length; received "
                 f"steps={steps!r}, mults={mults!r}."
             )
-        for v in steps + mults:
-            _check_number("steps/mults entry", v)
+        for i, v in enumerate(steps):
+            check_int(f"steps[{i}]", v, minimum=0)
+        for i, v in enumerate(mults):
+            _check_number(f"mults[{i}]", v)
+            check_non_negative_float(f"mults[{i}]", v)
         if steps != sorted(steps):
-            raise ValueError(
-                f"`steps` must be sorted ascending; received steps={steps!r}."
-            )
+            raise ValueError(f"`steps` must be sorted ascending, got {steps!r}.")
         self.total_steps = total_steps
         self.base = base
         self.decay_type = decay_type

@@ -17,7 +17,6 @@ those arguments, and ``optimizer.finalize_variable_values(model.trainable_variab
 (called by ``model.fit`` at its end) writes the averages into the model.
 """
 
-import numbers
 import os
 import re
 from collections.abc import Mapping
@@ -33,7 +32,16 @@ from keras_scalevit.convert.big_vision import (
 )
 from keras_scalevit.models.vit.vit_backbone import ViTBackbone
 from keras_scalevit.models.vit.vit_classifier import POOL_TYPES, ViTClassifier
+from keras_scalevit.models.vit.vit_layers import _pair
 from keras_scalevit.models.vit.vit_variants import decode_variant
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_kwargs,
+    check_probability,
+)
 
 _HEAD_KEYS = ("head/kernel", "head/bias")
 # Arguments that configure the rebuilt model rather than describe the checkpoint.
@@ -50,45 +58,22 @@ _CHECKED_OPTIONS = (
     "patch_size",
 )
 _SHAPE_OPTIONS = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
+_OWN_ARGUMENTS = (
+    "init",
+    "image_size",
+    "num_classes",
+    "pool_type",
+    "head_bias_init",
+    "head_zeroinit",
+    "reset_head",
+    "dont_load",
+)
 
 
 def _check_image_size(image_size):
     if image_size is None:
         return None
-    if isinstance(image_size, (numbers.Integral,)) and not isinstance(image_size, bool):
-        size = (int(image_size), int(image_size))
-    elif (
-        isinstance(image_size, (tuple, list))
-        and len(image_size) == 2
-        and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool)
-            for v in image_size
-        )
-    ):
-        size = (int(image_size[0]), int(image_size[1]))
-    else:
-        raise ValueError(
-            "`image_size` must be a positive int, a pair of positive ints or None; "
-            f"received image_size={image_size!r}."
-        )
-    if min(size) <= 0:
-        raise ValueError(
-            f"`image_size` must be positive; received image_size={image_size!r}."
-        )
-    return size
-
-
-def _check_num_classes(num_classes):
-    if (
-        not isinstance(num_classes, numbers.Integral)
-        or isinstance(num_classes, bool)
-        or num_classes < 0
-    ):
-        raise ValueError(
-            "`num_classes` must be an int >= 0 (0: no head, the model returns the "
-            f"representation); received num_classes={num_classes!r}."
-        )
-    return int(num_classes)
+    return _pair(image_size, "image_size")
 
 
 def _split_path(path):
@@ -280,23 +265,20 @@ def build_transfer_model(
     >>> keras.ops.convert_to_numpy(model(np.zeros((1, 32, 32, 3), "float32"))).tolist()
     [[-1.0, -1.0, -1.0]]
     """
+    check_kwargs(
+        "build_transfer_model",
+        model_kwargs,
+        _BACKBONE_OPTIONS + _CHECKED_OPTIONS + _OWN_ARGUMENTS,
+    )
     size = _check_image_size(image_size)
-    num_classes = _check_num_classes(num_classes)
-    if pool_type is not None and pool_type not in POOL_TYPES:
-        raise ValueError(
-            f"Unknown `pool_type`={pool_type!r}; allowed values: {POOL_TYPES}."
-        )
-    if reset_head not in (None, True, False):
-        raise ValueError(
-            f"`reset_head` must be None, True or False; received {reset_head!r}."
-        )
+    num_classes = check_int("num_classes", num_classes, minimum=0)
+    if pool_type is not None:
+        pool_type = check_choice("pool_type", pool_type, POOL_TYPES)
+    if reset_head is not None:
+        reset_head = check_bool("reset_head", reset_head)
+    head_bias_init = check_float("head_bias_init", head_bias_init)
+    head_zeroinit = check_bool("head_zeroinit", head_zeroinit)
     model_kwargs = {k: v for k, v in model_kwargs.items() if v is not None}
-    unknown = sorted(set(model_kwargs) - set(_BACKBONE_OPTIONS + _CHECKED_OPTIONS))
-    if unknown:
-        raise TypeError(
-            f"Unknown model argument(s) {unknown}; build_transfer_model accepts "
-            f"{sorted(_BACKBONE_OPTIONS + _CHECKED_OPTIONS)} besides its own."
-        )
     reset_head = _reset_head_from_dont_load(dont_load, reset_head)
     variant = model_kwargs.pop("variant", None)
     posemb = model_kwargs.pop("posemb", None)
@@ -389,8 +371,8 @@ def build_transfer_model(
         pool_type=pool_type,
         image_size=size,
         num_classes=num_classes,
-        head_bias_init=float(head_bias_init),
-        head_zeroinit=bool(head_zeroinit),
+        head_bias_init=head_bias_init,
+        head_zeroinit=head_zeroinit,
         **model_kwargs,
     )
 
@@ -417,15 +399,12 @@ def ema_optimizer_kwargs(config):
     >>> ema_optimizer_kwargs({})
     {}
     """
+    if not hasattr(config, "get"):
+        raise TypeError(
+            f"`config` must be a dict or ConfigDict, got {type(config).__name__}."
+        )
     momentum = config.get("ema_momentum")
     if momentum is None:
         return {}
-    if (
-        isinstance(momentum, bool)
-        or not isinstance(momentum, numbers.Real)
-        or not 0.0 <= momentum < 1.0
-    ):
-        raise ValueError(
-            f"`ema_momentum` must be a float in [0, 1) or None; received {momentum!r}."
-        )
-    return {"use_ema": True, "ema_momentum": float(momentum)}
+    momentum = check_probability("ema_momentum", momentum)
+    return {"use_ema": True, "ema_momentum": momentum}

@@ -9,7 +9,9 @@ the architecture from the arrays, and maps names onto Keras ``variable.path``.
 
 import os
 import re
+import zipfile
 from collections import defaultdict
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -18,7 +20,13 @@ from absl import logging
 from keras_scalevit.models.vit.posemb import resample_posemb
 from keras_scalevit.models.vit.vit_backbone import ViTBackbone
 from keras_scalevit.models.vit.vit_classifier import POOL_TYPES, ViTClassifier
-from keras_scalevit.models.vit.vit_layers import POSEMB_TYPES
+from keras_scalevit.models.vit.vit_layers import POSEMB_TYPES, _pair
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_kwargs,
+)
 
 # Keras variable paths that differ from big_vision's names (all others are equal).
 _KERAS_TO_BV = {
@@ -31,6 +39,11 @@ _LEGACY_POSEMB_KEYS = (
     "Transformer/pos_embedding",
 )
 _HEAD_KEYS = ("head/kernel", "head/bias")
+# `from_big_vision` keywords passed on to the model (the rest comes from the arrays).
+_MODEL_OPTIONS = ("dtype", "remat", "dropout", "flash_attention")
+_HEAD_OPTIONS = ("head_bias_init", "head_zeroinit")
+# Architecture arguments the arrays decide; passing one is an error.
+_INFERRED = ("width", "depth", "num_heads", "mlp_dim", "patch_size", "rep_size")
 
 
 def load_npz(path):
@@ -54,13 +67,31 @@ def load_npz(path):
     >>> sorted(load_npz(f))
     ['head/bias']
     """
-    path = str(path)
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            f"`path` must be a path to a .npz file, got {type(path).__name__}."
+        )
+    path = os.fspath(path)
     subtree = None
     m = re.fullmatch(r"(.*?\.npz):([\w/]+)", path)
     if m:
         path, subtree = m.groups()
-    with np.load(path, allow_pickle=False) as z:
-        params = {k: _to_float(z[k]) for k in z.files}
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`path` must be an existing .npz file, got {path!r}.")
+    if not zipfile.is_zipfile(path):
+        # np.load would try a .npy header, then pickle ("contains pickled data").
+        raise ValueError(
+            f"`path` must be a .npz checkpoint (a zip of .npy arrays, as np.savez "
+            f"writes), got {path!r}, which is not a zip archive."
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            params = {k: _to_float(z[k]) for k in z.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ValueError(
+            f"`path` must be a .npz checkpoint of plain arrays, got {path!r}, which "
+            f"cannot be read without pickle: {e}"
+        ) from None
     if subtree:
         # As big_vision's utils.load_params: the subtree is taken inside the
         # parameters, i.e. after a top-level 'params/' (or 'opt/target/') prefix
@@ -146,8 +177,29 @@ def normalize_checkpoint(source):
     >>> sorted(p)
     ['embedding/kernel']
     """
-    params = load_npz(source) if not hasattr(source, "items") else dict(source)
+    if isinstance(source, (str, os.PathLike)):
+        params = load_npz(source)
+    elif isinstance(source, Mapping):
+        params = dict(source)
+    else:
+        raise TypeError(
+            "`source` must be a path to a .npz file or a mapping of big_vision names "
+            f"to arrays, got {type(source).__name__}."
+        )
     params = {k: _to_float(np.asarray(v)) for k, v in params.items()}
+    bad = sorted(
+        k
+        for k, v in params.items()
+        if not isinstance(k, str) or v.dtype.kind not in "fiu"
+    )
+    if bad:
+        raise ValueError(
+            "`source` must map string names to numeric arrays; these entries are "
+            "not: "
+            + ", ".join(f"{k!r} ({params[k].dtype})" for k in bad[:10])
+            + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+            + "."
+        )
     for prefix in ("params/", "opt/target/"):
         if any(k.startswith(prefix) for k in params):
             params = _take_prefix(params, prefix)
@@ -292,7 +344,23 @@ def to_big_vision(model):
     >>> params["head/kernel"].shape
     (32, 3)
     """
+    _check_model("model", model)
     return {_bv_name(v.path): keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+def _check_model(name, model):
+    if isinstance(model, (ViTClassifier, ViTBackbone)):
+        return
+    hint = ""
+    if isinstance(model, (str, os.PathLike)):
+        hint = (
+            " (a path: load it first, e.g. keras.saving.load_model(path) for a "
+            ".keras file, or use load_npz for a .npz)"
+        )
+    raise TypeError(
+        f"`{name}` must be a keras_scalevit ViTClassifier or ViTBackbone, got "
+        f"{type(model).__name__}{hint}."
+    )
 
 
 def _bv_name(path):
@@ -304,8 +372,10 @@ def load_big_vision_weights(model, source, *, skip_head=False):
 
     Every model weight must be present with its shape, and every checkpoint entry
     must be used, else a `ValueError` lists the missing, unexpected and mis-shaped
-    keys. A learned position embedding of another square grid is resampled as
-    big_vision's `resample_posemb` does (fine-tuning at another resolution).
+    keys; a weight holding NaN or infinite values raises a `ValueError` naming
+    it. Nothing is assigned unless every check passes. A learned position
+    embedding of another square grid is resampled as big_vision's
+    `resample_posemb` does (fine-tuning at another resolution).
 
     Args:
         model: a `ViTClassifier` or `ViTBackbone`.
@@ -322,6 +392,8 @@ def load_big_vision_weights(model, source, *, skip_head=False):
     >>> keras_scalevit.convert.load_big_vision_weights(
     ...     dst, keras_scalevit.convert.to_big_vision(src))
     """
+    _check_model("model", model)
+    skip_head = check_bool("skip_head", skip_head)
     params = normalize_checkpoint(source)
     if skip_head:
         for k in _HEAD_KEYS:
@@ -354,12 +426,12 @@ def load_big_vision_weights(model, source, *, skip_head=False):
             )
             continue
         values[name] = value
+    where = (
+        f"The checkpoint {os.fspath(source)!r}"
+        if isinstance(source, (str, os.PathLike))
+        else "The checkpoint mapping"
+    )
     if missing or unexpected or mis_shaped:
-        where = (
-            f"The checkpoint {os.fspath(source)!r}"
-            if isinstance(source, (str, os.PathLike))
-            else "The checkpoint mapping"
-        )
         lines = [f"{where} does not fit the model {model.name!r}."]
         if missing:
             lines.append(f"Missing in the checkpoint ({len(missing)}): {missing}")
@@ -370,6 +442,17 @@ def load_big_vision_weights(model, source, *, skip_head=False):
         if mis_shaped:
             lines.append(f"Mis-shaped ({len(mis_shaped)}): {mis_shaped}")
         raise ValueError("\n".join(lines))
+    # A NaN or inf weight would load silently and poison every output.
+    non_finite = [
+        f"{name} ({int(np.size(v) - np.count_nonzero(np.isfinite(v)))} of {v.size})"
+        for name, v in sorted(values.items())
+        if not np.isfinite(v).all()
+    ]
+    if non_finite:
+        raise ValueError(
+            f"{where} holds NaN or infinite values in {len(non_finite)} "
+            f"weight(s): {', '.join(non_finite)}."
+        )
     for name, var in weights.items():
         var.assign(values[name].astype(var.dtype))
 
@@ -426,16 +509,30 @@ def from_big_vision(
     >>> model.pool_type, model.num_classes
     ('map', 3)
     """
+    inferred = sorted(set(model_kwargs) & set(_INFERRED))
+    if inferred:
+        raise TypeError(
+            f"from_big_vision got {', '.join(repr(k) for k in inferred)}, which the "
+            "checkpoint's arrays decide; build a model with ViTClassifier and use "
+            "load_big_vision_weights to load into another shape."
+        )
+    check_kwargs(
+        "from_big_vision",
+        model_kwargs,
+        _MODEL_OPTIONS
+        + _HEAD_OPTIONS
+        + ("source", "pool_type", "posemb", "image_size", "num_classes"),
+    )
+    if pool_type is not None:
+        pool_type = check_choice("pool_type", pool_type, POOL_TYPES)
+    if posemb is not None:
+        posemb = check_choice("posemb", posemb, POSEMB_TYPES)
+    if image_size is not None:
+        image_size = _pair(image_size, "image_size")
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, minimum=0)
     params = normalize_checkpoint(source)
     cfg = infer_config(params)
-    if pool_type is not None and pool_type not in POOL_TYPES:
-        raise ValueError(
-            f"Unknown `pool_type`={pool_type!r}; allowed values: {POOL_TYPES}."
-        )
-    if posemb is not None and posemb not in POSEMB_TYPES:
-        raise ValueError(
-            f"Unknown `posemb`={posemb!r}; allowed values: {POSEMB_TYPES}."
-        )
     if cfg["num_heads"] is None or cfg["mlp_dim"] is None:
         raise ValueError(
             "Checkpoint has no 'Transformer/encoderblock_0/...' attention and MLP "

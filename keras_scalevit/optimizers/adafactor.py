@@ -19,17 +19,20 @@ rate, multipliers, decoupled weight decay and schedules come from
 `BigVisionOptimizer`.
 """
 
-import numbers
-
 import keras
 import numpy as np
 from keras import ops
 
 from keras_scalevit.optimizers.base import (
     BigVisionOptimizer,
-    _check_real,
     _float32,
     momentum_dtype_and_decay,
+)
+from keras_scalevit.utils.validation import (
+    check_float,
+    check_int,
+    check_positive_float,
+    check_probability,
 )
 
 
@@ -153,7 +156,8 @@ class Adafactor(BigVisionOptimizer):
             ``weight_decay * lr``; the paper: ``weight_decay=0.03``).
         weight_decay_multipliers: list of ``(regex, mult)``, first ``re.fullmatch`` on
             ``variable.path`` wins, unmatched: no decay (default ``[(".*/kernel$", 1)]``;
-            the paper: ``[(".*head/kernel", 100.0), (".*/kernel", 1.0)]``).
+            the paper: ``[(".*head/kernel", 100.0), (".*/kernel", 1.0)]``). A rule
+            that decides no variable is reported with a `UserWarning` at `build`.
         learning_rate_multipliers: list of ``(regex, mult > 0)``.
         schedule: big_vision's per-group ``schedule`` (see `BigVisionOptimizer`).
         schedule_kwargs: dict with ``total_steps`` (+ ``batch_size``, ``data_size``)
@@ -172,10 +176,13 @@ class Adafactor(BigVisionOptimizer):
     >>> optimizer = Adafactor(
     ...     schedule, weight_decay=0.03, global_clipnorm=1.0,
     ...     weight_decay_multipliers=[(".*head/kernel", 100.0), (".*/kernel", 1.0)])
-    >>> model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(4, name="head")])
+    >>> model = keras.Sequential([keras.Input((64,)),
+    ...     keras.layers.Dense(64, name="body"), keras.layers.Dense(4, name="head")])
     >>> model.compile(optimizer=optimizer, loss="mse")
     >>> optimizer.build(model.trainable_variables)
-    >>> sorted(optimizer.variable_state(model.layers[0].kernel))
+    >>> sorted(optimizer.variable_state(model.layers[0].kernel))  # (64, 64): factored
+    ['momentum', 'v_col', 'v_row']
+    >>> sorted(optimizer.variable_state(model.layers[1].kernel))  # (64, 4): full v
     ['momentum', 'v']
 
     Reference:
@@ -211,30 +218,25 @@ class Adafactor(BigVisionOptimizer):
             schedule_kwargs=schedule_kwargs,
             **kwargs,
         )
-        _check_real("decay_rate", decay_rate, low=0.0, low_inclusive=False)
-        _check_real("beta2_cap", beta2_cap, low=0.0, high=1.0)
-        _check_real("epsilon", epsilon, low=0.0)
-        if isinstance(decay_offset, bool) or not isinstance(
-            decay_offset, numbers.Integral
-        ):
-            raise TypeError(
-                f"`decay_offset` must be an int; received {decay_offset!r}."
-            )
-        if (
-            isinstance(min_dim_size_to_factor, bool)
-            or not isinstance(min_dim_size_to_factor, numbers.Integral)
-            or min_dim_size_to_factor < 1
-        ):
-            raise ValueError(
-                "`min_dim_size_to_factor` must be an int >= 1; received "
-                f"min_dim_size_to_factor={min_dim_size_to_factor!r}."
-            )
+        decay_rate = check_positive_float("decay_rate", decay_rate)
+        # beta2_t = min(cap, ...): a cap of 0 would leave v at zero (division by 0).
+        beta2_cap = check_float(
+            "beta2_cap", beta2_cap, minimum=0, maximum=1, min_inclusive=False
+        )
+        # epsilon = 0 gives 0 / 0 for a variable whose gradient is zero.
+        epsilon = check_positive_float("epsilon", epsilon)
+        # Any integer (optax's t = step - decay_offset + 1): a positive offset is
+        # meant for an optimizer whose step count continues past it (fine-tuning).
+        decay_offset = check_int("decay_offset", decay_offset)
+        min_dim_size_to_factor = check_int(
+            "min_dim_size_to_factor", min_dim_size_to_factor, minimum=1
+        )
         if clipping_threshold is not None:
-            _check_real(
-                "clipping_threshold", clipping_threshold, low=0.0, low_inclusive=False
+            clipping_threshold = check_positive_float(
+                "clipping_threshold", clipping_threshold
             )
         if momentum is not None:
-            _check_real("momentum", momentum, low=0.0, high=1.0, high_inclusive=False)
+            momentum = check_probability("momentum", momentum)
         dtype, decay = momentum_dtype_and_decay(
             0.0 if momentum is None else momentum, momentum_dtype
         )

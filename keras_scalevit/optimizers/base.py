@@ -21,8 +21,10 @@ relative to the learning rate" is ``weight_decay=0.03`` with multipliers
 
 import dataclasses
 import functools
+import inspect
 import numbers
 import re
+import warnings
 
 import keras
 import ml_dtypes  # a Keras dependency; NumPy has no bfloat16
@@ -30,6 +32,14 @@ import numpy as np
 from keras import ops
 
 from keras_scalevit.schedules import create_learning_rate_schedule
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_int,
+    check_kwargs,
+    check_non_negative_float,
+    check_positive_float,
+    check_probability,
+)
 
 # big_vision's default `wd_mults`: only kernels decay.
 DEFAULT_WEIGHT_DECAY_MULTIPLIERS = ((".*/kernel$", 1.0),)
@@ -37,6 +47,19 @@ DEFAULT_WEIGHT_DECAY_MULTIPLIERS = ((".*/kernel$", 1.0),)
 _LR_SCHEDULE = keras.optimizers.schedules.LearningRateSchedule
 
 _FLOAT_STATE_DTYPES = ("float32", "bfloat16", "float16")
+
+# `keras.optimizers.Optimizer` keywords accepted through ``**kwargs``.
+_KERAS_OPTIMIZER_KWARGS = (
+    "name",
+    "clipnorm",
+    "clipvalue",
+    "global_clipnorm",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+)
 
 
 def momentum_dtype_and_decay(momentum, momentum_dtype, argument="momentum_dtype"):
@@ -59,14 +82,15 @@ def momentum_dtype_and_decay(momentum, momentum_dtype, argument="momentum_dtype"
     >>> momentum_dtype_and_decay(0.9, "bfloat16")
     ('bfloat16', 0.8984375)
     """
+    momentum = check_probability("momentum", momentum)
     try:
         dtype = keras.backend.standardize_dtype(momentum_dtype)
     except (ValueError, TypeError):
         dtype = None
     if dtype not in _FLOAT_STATE_DTYPES:
         raise ValueError(
-            f"`{argument}` must be a floating-point dtype, one of {_FLOAT_STATE_DTYPES}; "
-            f"received {argument}={momentum_dtype!r}."
+            f"`{argument}` must be a floating-point dtype, one of {_FLOAT_STATE_DTYPES}, "
+            f"got {momentum_dtype!r}."
         )
     if dtype == "bfloat16":
         rounded = float(np.asarray(momentum, dtype=ml_dtypes.bfloat16))
@@ -79,30 +103,6 @@ def _float32(x):
     # Python constants rounded once to float32, so every backend multiplies by the
     # same value whatever its scalar-promotion rules.
     return float(np.float32(x))
-
-
-def _check_real(
-    name, value, *, low=None, high=None, low_inclusive=True, high_inclusive=True
-):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a number; received {name}={value!r}.")
-    bad_low = low is not None and (value < low or (value == low and not low_inclusive))
-    bad_high = high is not None and (
-        value > high or (value == high and not high_inclusive)
-    )
-    if bad_low or bad_high:
-        lo = "" if low is None else ("[" if low_inclusive else "(") + f"{low}, "
-        hi = "" if high is None else f"{high}" + ("]" if high_inclusive else ")")
-        allowed = (
-            f"in {lo}{hi}"
-            if low is not None and high is not None
-            else (
-                f"{'>=' if low_inclusive else '>'} {low}"
-                if low is not None
-                else f"<= {high}"
-            )
-        )
-        raise ValueError(f"`{name}` must be {allowed}; received {name}={value!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,22 +194,89 @@ def normalize_multipliers(argument, rules, *, allow_zero):
     if rules is None:
         return ()
     pairs = []
+    allowed = ">= 0" if allow_zero else "> 0 (freeze with a None schedule instead)"
     for pattern, mult in _pairs(argument, rules):
+        if isinstance(mult, np.ndarray) and mult.ndim == 0:
+            mult = mult.item()
         if isinstance(mult, bool) or not isinstance(mult, numbers.Real):
             raise TypeError(
-                f"Multiplier for pattern {pattern!r} in `{argument}` must be a number; "
-                f"received {mult!r}."
+                f"`{argument}` multipliers must be finite numbers {allowed}, got "
+                f"{mult!r} for pattern {pattern!r}."
             )
-        if mult < 0 or (mult == 0 and not allow_zero):
-            allowed = (
-                ">= 0" if allow_zero else "> 0 (freeze with a None schedule instead)"
-            )
+        if not np.isfinite(mult) or mult < 0 or (mult == 0 and not allow_zero):
             raise ValueError(
-                f"Multiplier for pattern {pattern!r} in `{argument}` must be {allowed}; "
-                f"received {mult!r}."
+                f"`{argument}` multipliers must be finite numbers {allowed}, got "
+                f"{mult!r} for pattern {pattern!r}."
             )
         pairs.append((pattern, float(mult)))
     return tuple(pairs)
+
+
+def _check_learning_rate(learning_rate):
+    """A schedule, a callable or a Variable pass; a number must be finite, >= 0."""
+    if isinstance(learning_rate, (_LR_SCHEDULE, keras.Variable)) or callable(
+        learning_rate
+    ):
+        return learning_rate
+    if isinstance(learning_rate, np.ndarray) and learning_rate.ndim == 0:
+        learning_rate = learning_rate.item()
+    if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
+        raise TypeError(
+            "`learning_rate` must be a finite number >= 0 or a "
+            "keras.optimizers.schedules.LearningRateSchedule, got "
+            f"{learning_rate!r}."
+        )
+    return check_non_negative_float("learning_rate", learning_rate)
+
+
+def _check_keras_options(kwargs):
+    """Checks the `keras.optimizers.Optimizer` keywords (Keras accepts some nonsense:
+    ``global_clipnorm=-1`` silently disables clipping)."""
+    for key in ("clipnorm", "clipvalue", "global_clipnorm", "loss_scale_factor"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = check_positive_float(key, kwargs[key])
+    if "use_ema" in kwargs:
+        kwargs["use_ema"] = check_bool("use_ema", kwargs["use_ema"])
+    if kwargs.get("use_ema") and "ema_momentum" in kwargs:
+        kwargs["ema_momentum"] = check_probability(
+            "ema_momentum", kwargs["ema_momentum"]
+        )
+    if kwargs.get("ema_overwrite_frequency") is not None:
+        kwargs["ema_overwrite_frequency"] = check_int(
+            "ema_overwrite_frequency", kwargs["ema_overwrite_frequency"], minimum=1
+        )
+    if kwargs.get("gradient_accumulation_steps") is not None:
+        kwargs["gradient_accumulation_steps"] = check_int(
+            "gradient_accumulation_steps",
+            kwargs["gradient_accumulation_steps"],
+            minimum=2,
+        )
+    if kwargs.get("name") is not None and not isinstance(kwargs["name"], str):
+        raise TypeError(f"`name` must be a string, got {kwargs['name']!r}.")
+
+
+def _warn_unused_rules(argument, rules, hits, paths):
+    """Warns for each (pattern, value) rule that decides no variable."""
+    for (pattern, value), n in zip(rules, hits, strict=True):
+        if n:
+            continue
+        if any(re.fullmatch(pattern, p) for p in paths):
+            why = "every variable it matches is taken by an earlier rule (first match wins)"
+        else:
+            shown = ", ".join(repr(p) for p in paths[:3])
+            more = ", ..." if len(paths) > 3 else ""
+            why = (
+                f"it full-matches none of the {len(paths)} variable paths "
+                f"({shown}{more})"
+            )
+        if value is not None and not isinstance(value, numbers.Real):
+            value = type(value).__name__  # a schedule object: its class name
+        warnings.warn(
+            f"`{argument}` rule ({pattern!r}, {value}) applies to no variable: "
+            f"{why}. Patterns are matched with re.fullmatch on variable.path.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def first_match(patterns, path):
@@ -344,7 +411,12 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         weight_decay_multipliers: list of ``(regex, multiplier >= 0)``; the first
             pattern that ``re.fullmatch``-es ``variable.path`` gives the multiplier, and
             a variable matching none is not decayed. Default (when ``weight_decay`` is
-            set): big_vision's ``[(".*/kernel$", 1.0)]``.
+            set): big_vision's ``[(".*/kernel$", 1.0)]``. A given rule that decides no
+            variable (it matches none, or earlier rules take all it matches) is
+            reported at `build` with a `UserWarning` naming it (likewise for
+            ``learning_rate_multipliers`` and ``schedule`` entries): a warning, not
+            an error, because a rule can legitimately be idle for one model (e.g.
+            a head rule on a model built without a head).
         learning_rate_multipliers: list of ``(regex, multiplier > 0)``, first match
             wins, unmatched variables use 1.
         schedule: None, or big_vision's ``schedule``: a dict / LearningRateSchedule
@@ -393,23 +465,21 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         schedule_kwargs=None,
         **kwargs,
     ):
-        if isinstance(learning_rate, int) and not isinstance(learning_rate, bool):
-            learning_rate = float(learning_rate)
+        own = [
+            p
+            for p in inspect.signature(type(self).__init__).parameters
+            if p not in ("self", "kwargs")
+        ]
+        check_kwargs(type(self).__name__, kwargs, own + list(_KERAS_OPTIMIZER_KWARGS))
+        learning_rate = _check_learning_rate(learning_rate)
         if weight_decay is not None:
-            if isinstance(weight_decay, bool) or not isinstance(
-                weight_decay, numbers.Real
-            ):
-                raise TypeError(
-                    f"`weight_decay` must be a float or None; received {weight_decay!r}."
-                )
-            if weight_decay < 0:
-                raise ValueError(
-                    f"`weight_decay` must be >= 0; received weight_decay={weight_decay!r}."
-                )
-            weight_decay = float(weight_decay)
+            weight_decay = check_non_negative_float("weight_decay", weight_decay)
+        _check_keras_options(kwargs)
         super().__init__(
             learning_rate=learning_rate, weight_decay=weight_decay, **kwargs
         )
+        # Rules a user wrote are reported at `build` if they decide no variable.
+        self._check_rules_at_build = weight_decay_multipliers is not None
         if weight_decay_multipliers is None and weight_decay:
             weight_decay_multipliers = DEFAULT_WEIGHT_DECAY_MULTIPLIERS
         self.weight_decay_multipliers = normalize_multipliers(
@@ -429,6 +499,9 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         wd_patterns = [p for p, _ in self.weight_decay_multipliers]
         lr_patterns = [p for p, _ in self.learning_rate_multipliers]
         rules, unmatched = [], []
+        wd_hits = [0] * len(wd_patterns)
+        lr_hits = [0] * len(lr_patterns)
+        schedule_hits = [0] * len(self.schedule or ())
         # Groups are numbered like big_vision's `schedule_fns`: non-frozen entries in
         # config order.
         group_of_entry, group_schedules = {}, []
@@ -444,13 +517,18 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
                 if entry is None:
                     unmatched.append(path)
                     continue
+                schedule_hits[entry] += 1
                 sched = self.schedule[entry][1]
                 frozen = sched is None
                 group = None if frozen else group_of_entry[entry]
             k = first_match(lr_patterns, path)
             lr_mult = 1.0 if k is None else self.learning_rate_multipliers[k][1]
+            if k is not None:
+                lr_hits[k] += 1
             k = first_match(wd_patterns, path)
             wd_mult = 0.0 if k is None else self.weight_decay_multipliers[k][1]
+            if k is not None:
+                wd_hits[k] += 1
             if not self.weight_decay or not self._use_weight_decay(variable):
                 wd_mult = 0.0
             rules.append(VariableRule(path, frozen, group, lr_mult, wd_mult))
@@ -459,6 +537,18 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
                 "Every variable must match an entry of `schedule` (use None to freeze); "
                 f"unmatched: {unmatched}. Patterns: {[p for p, _ in self.schedule]}."
             )
+        paths = [v.path for v in variables]
+        if self.weight_decay and self._check_rules_at_build:
+            _warn_unused_rules(
+                "weight_decay_multipliers",
+                self.weight_decay_multipliers,
+                wd_hits,
+                paths,
+            )
+        _warn_unused_rules(
+            "learning_rate_multipliers", self.learning_rate_multipliers, lr_hits, paths
+        )
+        _warn_unused_rules("schedule", self.schedule or (), schedule_hits, paths)
         self._rules = tuple(rules)
         self._group_schedules = tuple(group_schedules)
         self._any_frozen = any(r.frozen for r in rules)

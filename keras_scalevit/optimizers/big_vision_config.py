@@ -1,7 +1,13 @@
 """Translate a big_vision optimizer config (``optax.make``'s keys) into our optimizers."""
 
+import difflib
+
 from keras_scalevit.optimizers.adafactor import Adafactor
 from keras_scalevit.optimizers.momentum_hp import MomentumHP
+from keras_scalevit.utils.validation import (
+    check_non_negative_float,
+    check_positive_int,
+)
 
 # big_vision's optax keyword -> our keyword, per optimizer.
 _ADAFACTOR_KEYS = {
@@ -74,10 +80,21 @@ def from_big_vision_config(
     >>> type(opt).__name__, round(opt.weight_decay, 6), opt.global_clipnorm
     ('Adafactor', 0.03, 1.0)
     """
+    if not hasattr(config, "get"):
+        raise TypeError(
+            f"`config` must be a dict or ConfigDict, got {type(config).__name__}."
+        )
+    total_steps = check_positive_int("total_steps", total_steps)
+    if batch_size is not None:
+        batch_size = check_positive_int("batch_size", batch_size)
+    if data_size is not None:
+        data_size = check_positive_int("data_size", data_size)
     name = config.get("optax_name")
     if name not in _OPTIMIZERS:
+        close = difflib.get_close_matches(str(name), list(_OPTIMIZERS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(
-            f"Unsupported `optax_name`={name!r}; supported: {sorted(_OPTIMIZERS)}."
+            f"`optax_name` must be one of {sorted(_OPTIMIZERS)}, got {name!r}{hint}."
         )
     if config.get("grad_clip_per_example"):
         raise ValueError(
@@ -88,8 +105,10 @@ def from_big_vision_config(
     optimizer_kwargs = {}
     for key, value in dict(config.get("optax") or {}).items():
         if key not in key_map:
+            close = difflib.get_close_matches(key, list(key_map), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"Unsupported `optax` keyword {key!r} for {name!r}; supported: "
+                f"Unsupported `optax` keyword {key!r} for {name!r}{hint}; supported: "
                 f"{sorted(key_map)}."
             )
         if key in ("dtype_momentum", "dtype"):
@@ -102,8 +121,10 @@ def from_big_vision_config(
         raise ValueError(
             "The config needs `lr` (big_vision's learning rate); received None."
         )
-    lr = float(lr)
+    lr = check_non_negative_float("lr", lr)
     wd = config.get("wd")
+    if wd is not None:
+        wd = check_non_negative_float("wd", wd)
     if wd:
         if lr == 0:
             raise ValueError(
@@ -122,8 +143,12 @@ def from_big_vision_config(
         schedule = [(p, None if s is None else dict(s)) for p, s in schedule]
     else:
         schedule = dict(schedule)
-    if config.get("grad_clip_norm"):
-        optimizer_kwargs["global_clipnorm"] = float(config.get("grad_clip_norm"))
+    clip = config.get("grad_clip_norm")
+    if clip is not None:
+        # big_vision: 0 (or None) means no clipping.
+        clip = check_non_negative_float("grad_clip_norm", clip)
+    if clip:
+        optimizer_kwargs["global_clipnorm"] = clip
     schedule_kwargs = {"total_steps": total_steps}
     if batch_size is not None:
         schedule_kwargs["batch_size"] = batch_size

@@ -5,10 +5,10 @@ from keras import ops
 
 from keras_scalevit.optimizers.base import (
     BigVisionOptimizer,
-    _check_real,
     _float32,
     momentum_dtype_and_decay,
 )
+from keras_scalevit.utils.validation import check_bool, check_probability
 
 
 @keras.saving.register_keras_serializable(package="keras_scalevit")
@@ -77,11 +77,8 @@ class MomentumHP(BigVisionOptimizer):
             **kwargs,
         )
         if momentum is not None:
-            _check_real("momentum", momentum, low=0.0)
-        if not isinstance(nesterov, bool):
-            raise TypeError(
-                f"`nesterov` must be a bool; received nesterov={nesterov!r}."
-            )
+            momentum = check_probability("momentum", momentum)
+        nesterov = check_bool("nesterov", nesterov)
         dtype, decay = momentum_dtype_and_decay(
             0.0 if momentum is None else momentum, momentum_dtype
         )

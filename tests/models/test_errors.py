@@ -100,7 +100,7 @@ def test_bad_num_classes_and_rep_size():
     backbone = ViTBackbone.from_variant("mu/8", image_size=16)
     with pytest.raises(ValueError, match=r"num_classes.*-1"):
         ViTClassifier(backbone, -1)
-    with pytest.raises(ValueError, match=r"rep_size.*'big'"):
+    with pytest.raises(TypeError, match=r"rep_size.*'big'"):
         ViTClassifier(backbone, 3, rep_size="big")
 
 

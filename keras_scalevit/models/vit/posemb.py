@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from keras_scalevit.utils.validation import check_positive_float, check_positive_int
+
 
 def posemb_sincos2d(h, w, width, temperature=10_000.0, dtype="float32"):
     """big_vision's 2-D sin-cos position embedding, shape ``(1, h·w, width)``.
@@ -24,9 +26,14 @@ def posemb_sincos2d(h, w, width, temperature=10_000.0, dtype="float32"):
     >>> posemb_sincos2d(2, 3, 8).shape
     (1, 6, 8)
     """
+    h = check_positive_int("h", h)
+    w = check_positive_int("w", w)
+    width = check_positive_int("width", width)
+    temperature = check_positive_float("temperature", temperature)
     if width % 4:
         raise ValueError(
-            f"posemb='sincos2d' needs a width divisible by 4; received width={width}."
+            "`width` must be divisible by 4 for posemb='sincos2d' (sin and cos of "
+            f"x and y), got width={width}."
         )
     q = width // 4
     # q - 1 (not q) in the exponent: the last frequency is exactly 1/T (spec §1.4).
@@ -83,19 +90,26 @@ def resample_posemb(posemb, new_grid):
     if isinstance(new_grid, (tuple, list)):
         if len(new_grid) != 2 or new_grid[0] != new_grid[1]:
             raise ValueError(
-                "Resampling a learned position embedding needs square grids (as "
-                f"big_vision's resample_posemb); received new grid {tuple(new_grid)}."
+                "`new_grid` must be square: resampling a learned position embedding "
+                "needs square grids (as big_vision's resample_posemb), got "
+                f"{tuple(new_grid)}."
             )
         new_grid = new_grid[0]
+    new_grid = check_positive_int("new_grid", new_grid)
     if posemb.ndim != 3 or posemb.shape[0] != 1:
         raise ValueError(
-            f"`posemb` must have shape (1, tokens, width); received {posemb.shape}."
+            f"`posemb` must have shape (1, tokens, width), got shape {posemb.shape}."
+        )
+    if posemb.dtype.kind != "f" and posemb.dtype.name != "bfloat16":
+        raise TypeError(
+            f"`posemb` must be a floating-point array, got dtype {posemb.dtype}."
         )
     n = posemb.shape[1]
     old_grid = int(round(np.sqrt(n)))
     if old_grid * old_grid != n:
         raise ValueError(
-            f"Cannot resample a position embedding of {n} tokens: not a square grid."
+            f"`posemb` must hold a square grid of tokens to be resampled, got {n} "
+            "tokens."
         )
     if old_grid == new_grid:
         return posemb

@@ -9,10 +9,37 @@ from keras_scalevit.models.vit.vit_layers import (
     LayerNorm,
     PatchEmbedding,
     PositionEmbedding,
+    _check_flash_attention,
     _head_policy,
     _pair,
+    check_image_shape,
 )
 from keras_scalevit.models.vit.vit_variants import decode_variant
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_kwargs,
+    check_positive_int,
+    check_probability,
+)
+
+# The constructor's arguments (for unknown-keyword checks in `from_variant` & co).
+BACKBONE_ARGUMENTS = (
+    "image_size",
+    "patch_size",
+    "width",
+    "depth",
+    "num_heads",
+    "mlp_dim",
+    "posemb",
+    "class_token",
+    "dropout",
+    "remat",
+    "flash_attention",
+    "dtype",
+)
+# `keras.Model` keywords a functional model takes besides inputs and outputs.
+_MODEL_KWARGS = ("name", "trainable")
 
 
 @keras.saving.register_keras_serializable(package="keras_scalevit")
@@ -74,8 +101,19 @@ class ViTBackbone(keras.Model):
         dtype=None,
         **kwargs,
     ):
+        check_kwargs("ViTBackbone", kwargs, BACKBONE_ARGUMENTS + _MODEL_KWARGS)
         image_size = _pair(image_size, "image_size")
         patch_size = _pair(patch_size, "patch_size")
+        width = check_positive_int("width", width)
+        depth = check_positive_int("depth", depth)
+        num_heads = check_positive_int("num_heads", num_heads)
+        if mlp_dim is not None:
+            mlp_dim = check_positive_int("mlp_dim", mlp_dim)
+        posemb = check_choice("posemb", posemb, POSEMB_TYPES)
+        class_token = check_bool("class_token", class_token)
+        dropout = check_probability("dropout", dropout)
+        remat = check_bool("remat", remat)
+        flash_attention = _check_flash_attention(flash_attention)
         for i, axis in enumerate(("height", "width")):
             if image_size[i] % patch_size[i]:
                 raise ValueError(
@@ -84,16 +122,15 @@ class ViTBackbone(keras.Model):
                     f"multiple of {patch_size[i]} (big_vision would silently drop "
                     "the remaining pixels)."
                 )
-        if posemb not in POSEMB_TYPES:
-            raise ValueError(
-                f"Unknown `posemb`={posemb!r}; allowed values: {POSEMB_TYPES}."
-            )
         if posemb == "sincos2d" and width % 4:
             raise ValueError(
-                f"posemb='sincos2d' needs `width` divisible by 4; received width={width}."
+                "`width` must be divisible by 4 for posemb='sincos2d' (sin and cos "
+                f"of x and y), got width={width}."
             )
         if width % num_heads:
-            raise ValueError(f"`num_heads`={num_heads} must divide `width`={width}.")
+            raise ValueError(
+                f"`num_heads` must divide `width`={width}, got num_heads={num_heads}."
+            )
         mlp_dim = mlp_dim or 4 * width
         grid = (image_size[0] // patch_size[0], image_size[1] // patch_size[1])
         policy = keras.dtype_policies.get(dtype)
@@ -157,6 +194,14 @@ class ViTBackbone(keras.Model):
         # global one), so the policy given here is kept for `get_config`.
         self._policy_config = policy
 
+    def __call__(self, *args, **kwargs):
+        # Checked before Keras' call machinery, so a wrong image shape is named
+        # plainly (static shapes only: safe inside compiled steps).
+        images = args[0] if args else kwargs.get("inputs")
+        if images is not None and hasattr(images, "shape"):
+            check_image_shape("images", images.shape, self.image_size)
+        return super().__call__(*args, **kwargs)
+
     @classmethod
     def from_variant(cls, variant, *, image_size=224, **kwargs):
         """Builds a backbone from a variant name such as ``"B/16"`` or ``"G/14"``.
@@ -171,6 +216,11 @@ class ViTBackbone(keras.Model):
         >>> keras_scalevit.models.ViTBackbone.from_variant("mu/8", image_size=32).width
         32
         """
+        check_kwargs(
+            f"{cls.__name__}.from_variant",
+            kwargs,
+            tuple(a for a in BACKBONE_ARGUMENTS if a != "image_size") + _MODEL_KWARGS,
+        )
         return cls(image_size=image_size, **{**decode_variant(variant), **kwargs})
 
     @classmethod

@@ -1,11 +1,29 @@
 """ViT classifier: backbone + pooling + optional representation layer + head."""
 
+import numbers
+
 import keras
+import numpy as np
 from keras import ops
 
-from keras_scalevit.models.vit.vit_backbone import ViTBackbone
-from keras_scalevit.models.vit.vit_layers import MAPHead, _head_policy
+from keras_scalevit.models.vit.vit_backbone import (
+    _MODEL_KWARGS,
+    BACKBONE_ARGUMENTS,
+    ViTBackbone,
+)
+from keras_scalevit.models.vit.vit_layers import (
+    MAPHead,
+    _head_policy,
+    check_image_shape,
+)
 from keras_scalevit.models.vit.vit_variants import decode_variant
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_kwargs,
+)
 
 POOL_TYPES = ("gap", "map", "tok", "0", "none")
 
@@ -55,24 +73,21 @@ class ViTClassifier(keras.Model):
         head_bias_init=0.0,
         **kwargs,
     ):
-        if pool_type not in POOL_TYPES:
-            raise ValueError(
-                f"Unknown `pool_type`={pool_type!r}; allowed values: {POOL_TYPES}."
+        check_kwargs("ViTClassifier", kwargs, _MODEL_KWARGS)
+        if not isinstance(backbone, ViTBackbone):
+            raise TypeError(
+                "`backbone` must be a keras_scalevit.models.ViTBackbone, got "
+                f"{type(backbone).__name__}."
             )
+        num_classes = check_int("num_classes", num_classes, minimum=0)
+        pool_type = check_choice("pool_type", pool_type, POOL_TYPES)
         if pool_type == "tok" and not backbone.class_token:
             raise ValueError(
-                "pool_type='tok' needs a backbone built with class_token=True."
+                "`pool_type`='tok' needs a backbone built with class_token=True."
             )
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(
-                f"`num_classes` must be an int >= 0; received {num_classes!r}."
-            )
-        if rep_size is not False and not (
-            rep_size is True or (isinstance(rep_size, int) and rep_size > 0)
-        ):
-            raise ValueError(
-                f"`rep_size` must be False, True or a positive int; received {rep_size!r}."
-            )
+        rep_size = _check_rep_size(rep_size)
+        head_zeroinit = check_bool("head_zeroinit", head_zeroinit)
+        head_bias_init = check_float("head_bias_init", head_bias_init)
         policy = _head_policy(backbone.dtype_policy)
         rep_units = backbone.width if rep_size is True else rep_size
 
@@ -141,6 +156,13 @@ class ViTClassifier(keras.Model):
         self.head_bias_init = head_bias_init
         self._representation = representation
 
+    def __call__(self, *args, **kwargs):
+        # As ViTBackbone: a wrong image shape is named before Keras' call machinery.
+        images = args[0] if args else kwargs.get("inputs")
+        if images is not None and hasattr(images, "shape"):
+            check_image_shape("images", images.shape, self.backbone.image_size)
+        return super().__call__(*args, **kwargs)
+
     @property
     def representation_model(self):
         """A `keras.Model` (sharing weights) from images to the pre-logits.
@@ -200,10 +222,12 @@ class ViTClassifier(keras.Model):
         >>> model.output_shape
         (None, 32)
         """
-        if pool_type not in POOL_TYPES:
-            raise ValueError(
-                f"Unknown `pool_type`={pool_type!r}; allowed values: {POOL_TYPES}."
-            )
+        check_kwargs(
+            f"{cls.__name__}.from_variant",
+            backbone_kwargs,
+            tuple(a for a in BACKBONE_ARGUMENTS if a != "image_size"),
+        )
+        pool_type = check_choice("pool_type", pool_type, POOL_TYPES)
         config = {**decode_variant(variant), **backbone_kwargs}
         config.setdefault("class_token", pool_type == "tok")
         backbone = ViTBackbone(image_size=image_size, **config)
@@ -317,3 +341,20 @@ class ViTClassifier(keras.Model):
         if isinstance(config["backbone"], dict):
             config["backbone"] = keras.layers.deserialize(config["backbone"])
         return cls(**config)
+
+
+def _check_rep_size(rep_size):
+    """False, True or a positive int (``numpy`` ints too); 0 is not allowed."""
+    if isinstance(rep_size, (bool, np.bool_)):
+        return bool(rep_size)
+    if not isinstance(rep_size, numbers.Integral):
+        raise TypeError(
+            "`rep_size` must be False (no representation layer), True (width units) "
+            f"or an integer >= 1, got {rep_size!r}."
+        )
+    if rep_size < 1:
+        raise ValueError(
+            "`rep_size` must be False (no representation layer), True (width units) "
+            f"or an integer >= 1, got {rep_size!r}."
+        )
+    return int(rep_size)

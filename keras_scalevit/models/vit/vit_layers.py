@@ -13,6 +13,14 @@ import numpy as np
 from keras import ops
 
 from keras_scalevit.models.vit.posemb import posemb_sincos2d
+from keras_scalevit.utils.validation import (
+    check_bool,
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+    check_shape,
+)
 
 POSEMB_TYPES = ("learn", "sincos2d")
 
@@ -55,7 +63,7 @@ class LayerNorm(keras.layers.Layer):
 
     def __init__(self, epsilon=1e-6, **kwargs):
         super().__init__(**kwargs)
-        self.epsilon = epsilon
+        self.epsilon = check_positive_float("epsilon", epsilon)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -112,8 +120,8 @@ class MlpBlock(keras.layers.Layer):
 
     def __init__(self, mlp_dim, dropout=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.mlp_dim = mlp_dim
-        self.dropout = dropout
+        self.mlp_dim = check_positive_int("mlp_dim", mlp_dim)
+        self.dropout = check_probability("dropout", dropout)
         self.dense_0 = keras.layers.Dense(
             mlp_dim,
             kernel_initializer="glorot_uniform",
@@ -177,15 +185,16 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
 
     def __init__(self, num_heads, flash_attention=False, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.flash_attention = flash_attention
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.flash_attention = _check_flash_attention(flash_attention)
 
     def build(self, query_shape, key_value_shape=None):
         # Argument names must be call()'s names + "_shape" (Keras' build rule).
         width = query_shape[-1]
         if width % self.num_heads:
             raise ValueError(
-                f"`num_heads`={self.num_heads} must divide the width {width}."
+                f"`num_heads` must divide the input width {width}, got "
+                f"{self.num_heads}."
             )
         head_dim = width // self.num_heads
         self._head_dim = head_dim
@@ -266,11 +275,11 @@ class EncoderBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
-        self.dropout = dropout
-        self.flash_attention = flash_attention
-        self.remat = bool(remat)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.mlp_dim = check_positive_int("mlp_dim", mlp_dim)
+        self.dropout = check_probability("dropout", dropout)
+        self.flash_attention = _check_flash_attention(flash_attention)
+        self.remat = check_bool("remat", remat)
         kw = dict(dtype=self.dtype_policy)
         self.ln_0 = LayerNorm(name="LayerNorm_0", **kw)
         self.attention = MultiHeadDotProductAttention(
@@ -337,11 +346,11 @@ class PatchEmbedding(keras.layers.Layer):
 
     def __init__(self, width, patch_size, **kwargs):
         super().__init__(**kwargs)
-        self.width = width
+        self.width = check_positive_int("width", width)
         self.patch_size = _pair(patch_size, "patch_size")
-        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: 3})
 
     def build(self, input_shape):
+        check_image_shape("images", input_shape)
         self.kernel = self.add_weight(
             shape=(*self.patch_size, input_shape[-1], self.width),
             initializer="lecun_normal",
@@ -352,6 +361,7 @@ class PatchEmbedding(keras.layers.Layer):
         )
 
     def call(self, images):
+        check_image_shape("images", images.shape)
         x = ops.conv(
             ops.cast(images, self.compute_dtype),
             ops.cast(self.kernel, self.compute_dtype),
@@ -396,16 +406,18 @@ class PositionEmbedding(keras.layers.Layer):
 
     def __init__(self, grid_size, posemb="learn", **kwargs):
         super().__init__(**kwargs)
-        if posemb not in POSEMB_TYPES:
-            raise ValueError(
-                f"Unknown `posemb`={posemb!r}; allowed values: {POSEMB_TYPES}."
-            )
+        self.posemb = check_choice("posemb", posemb, POSEMB_TYPES)
         self.grid_size = _pair(grid_size, "grid_size")
-        self.posemb = posemb
 
     def build(self, input_shape):
         width = input_shape[-1]
         h, w = self.grid_size
+        if len(input_shape) != 3 or input_shape[1] not in (None, h * w):
+            raise ValueError(
+                f"The input of PositionEmbedding must have shape (batch, {h * w}, "
+                f"width) for `grid_size`={self.grid_size}, got shape "
+                f"{tuple(input_shape)}."
+            )
         if self.posemb == "learn":
             self.pos_embedding = self.add_weight(
                 shape=(1, h * w, width),
@@ -485,9 +497,9 @@ class MAPHead(keras.layers.Layer):
 
     def __init__(self, num_heads, mlp_dim, flash_attention=False, **kwargs):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.mlp_dim = mlp_dim
-        self.flash_attention = flash_attention
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.mlp_dim = check_positive_int("mlp_dim", mlp_dim)
+        self.flash_attention = _check_flash_attention(flash_attention)
         kw = dict(dtype=self.dtype_policy)
         self.attention = MultiHeadDotProductAttention(
             num_heads, flash_attention, name="MultiHeadDotProductAttention_0", **kw
@@ -524,12 +536,42 @@ class MAPHead(keras.layers.Layer):
 
 
 def _pair(value, name):
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, (int, np.integer)) for v in value)
-    ):
-        return (int(value[0]), int(value[1]))
-    raise ValueError(f"`{name}` must be an int or a pair of ints; received {value!r}.")
+    """``(int, int)`` from an int or a pair of ints, each >= 1."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(
+                f"`{name}` must be an integer >= 1 or a pair of them, got "
+                f"{value!r} ({len(value)} entries)."
+            )
+        return tuple(check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (str, bytes, dict, set)) or value is None:
+        raise TypeError(
+            f"`{name}` must be an integer >= 1 or a pair of them, got {value!r}."
+        )
+    n = check_positive_int(name, value)
+    return (n, n)
+
+
+def _check_flash_attention(value):
+    if value is None:
+        return None
+    return check_bool("flash_attention", value)
+
+
+def check_image_shape(name, shape, image_size=None):
+    """Raises unless ``shape`` is ``(batch, H, W, 3)`` (``image_size`` if given).
+
+    Static shapes only (known dimensions are compared, unknown ones pass), so it is
+    safe inside compiled functions on every backend.
+    """
+    shape = tuple(shape)
+    h, w = image_size if image_size is not None else (None, None)
+    expected = (None, h, w, 3)
+    what = "images: batch, height, width, 3 RGB channels"
+    if image_size is not None:
+        what = f"images of {h}x{w} pixels with 3 RGB channels"
+    if len(shape) != 4 or shape[-1] not in (None, 3):
+        what += "; keras-scalevit models take RGB images (repeat a grayscale channel)"
+    return check_shape(name, shape, expected, what=what)

@@ -4,7 +4,10 @@ Config as data: each name maps to ``(width, depth, mlp_dim, num_heads)``; a ``/P
 suffix sets the patch size (default 16, as big_vision's `decode_variant`).
 """
 
+import difflib
 import re
+
+from keras_scalevit.utils.validation import check_choice, check_positive_int
 
 # name: (width, depth, mlp_dim, num_heads)
 VARIANTS = {
@@ -51,17 +54,29 @@ def decode_variant(variant):
     1664
     """
     if not isinstance(variant, str):
-        raise ValueError(f"`variant` must be a string; received {variant!r}.")
+        raise TypeError(
+            "`variant` must be a string such as 'B/16', got "
+            f"{type(variant).__name__} {variant!r}."
+        )
     m = re.fullmatch(r"([^/]+)(?:/(\d+))?", variant)
     if not m or m.group(1) not in VARIANTS:
+        name = variant.split("/")[0]
+        close = [v for v in VARIANTS if v.lower() == name.lower()]
+        close = close or difflib.get_close_matches(name, list(VARIANTS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if name in VARIANTS:
+            hint = " (the part after '/' must be the patch size in digits)"
         raise ValueError(
-            f"Unknown `variant`={variant!r}. Allowed: a name in "
-            f"{sorted(VARIANTS)} with an optional '/<patch size>' suffix, e.g. 'B/16'."
+            "`variant` must be a name in "
+            f"{sorted(VARIANTS)} with an optional '/<patch size>' suffix, e.g. "
+            f"'B/16', got {variant!r}{hint}."
         )
     width, depth, mlp_dim, num_heads = VARIANTS[m.group(1)]
     patch = int(m.group(2)) if m.group(2) else DEFAULT_PATCH_SIZE
     if patch < 1:
-        raise ValueError(f"Patch size in `variant`={variant!r} must be >= 1.")
+        raise ValueError(
+            f"`variant` must have a patch size >= 1 after '/', got {variant!r}."
+        )
     return dict(
         width=width,
         depth=depth,
@@ -89,6 +104,14 @@ def count_params(variant, image_size=224, pool_type="gap", posemb="learn"):
     1842.8
     """
     c = decode_variant(variant)
+    image_size = check_positive_int("image_size", image_size)
+    pool_type = check_choice("pool_type", pool_type, ("gap", "map", "tok", "0", "none"))
+    posemb = check_choice("posemb", posemb, ("learn", "sincos2d"))
+    if image_size % c["patch_size"]:
+        raise ValueError(
+            f"`image_size` must be a multiple of the patch size {c['patch_size']} of "
+            f"{variant!r}, got {image_size}."
+        )
     d, depth, m, p = c["width"], c["depth"], c["mlp_dim"], c["patch_size"]
     block = 4 * d * d + 4 * d + 2 * d * m + m + d + 4 * d
     n = (image_size // p) ** 2
