@@ -59,10 +59,14 @@ from keras_scalevit.utils.validation import (
 STRATEGIES = ("data", "fsdp", "tensor", "fsdp+tensor")
 OPTIMIZERS = ("adafactor", "momentum_hp", "adam", "sgd")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-# Activation elements kept per example (fitted to XLA's CPU buffer assignment of the
-# Keras train step; see the module docstring and the planner test).
-ACT_D = 10
-ACT_M = 2
+# Activation elements per example and block, fitted by least squares to XLA's CPU
+# buffer assignment of the Keras train step (7 configurations varying tokens,
+# width, MLP, heads and depth; fit 18.9, 3.2, 2.8) and rounded: the tensors the
+# backward pass reads (LayerNorm inputs/outputs, q, k, v, their head-major copies,
+# attention output, residuals, MLP hidden before/after GELU, softmax) plus the
+# transients of one block's backward at the peak.
+ACT_D = 19
+ACT_M = 3
 ACT_ATT = 3
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 
@@ -266,9 +270,9 @@ def activation_elements(
     t = tokens
     resid = ACT_D * t * d
     sharded = ACT_M * t * m + ACT_ATT * h * t * t
-    head = image_size * image_size * 3 + t * d  # image + patch embeddings
+    head = image_size * image_size * 3 + t * d  # image, patch embeddings
     if pool_type == "map":
-        head += 2 * t * d + h * t + 2 * m + 4 * d  # keys, values, 1-query attention
+        head += 4 * t * d + h * t + 2 * m  # keys, values (+ grads), 1-query attention
     head += 2 * num_classes
     if remat:
         rep = depth * t * d + resid
