@@ -12,12 +12,15 @@ from keras_scalevit.scaling import plan
 from keras_scalevit.scaling.plan import main as plan_main
 from keras_scalevit.scaling.plan import optimizer_state_bytes, variable_shapes
 
-# Measured: XLA's temporaries differ from the plan's gradients + activations by at
-# most 8% on these held-out configurations (buffer-assignment packing and
-# backward transients the per-tensor model averages over); 15% leaves room for
-# other XLA versions without hiding a missing term (dropping the attention maps
-# or the MLP hidden changes the plan by 20-50% here).
-ACTIVATION_TOLERANCE = 0.15
+# Measured (jax 0.10.2, CPU): XLA's temporaries / the plan's gradients +
+# activations = 0.911, 0.975, 1.072 and 0.833 on the four held-out XLA_CONFIGS
+# below (the activation model was fitted on 11 other configurations, within 6% of
+# 10 of them and 14% of one with 16 tokens). The deviation is a modelling error
+# (buffer-assignment packing and fusion the per-tensor model averages over, worst
+# with few tokens), not round-off; 20% covers it with a small margin and still
+# catches a missing term (leaving out the attention maps or the MLP hidden
+# changes the plan by 20-50% on these configurations).
+ACTIVATION_TOLERANCE = 0.2
 
 SMALL = [
     dict(variant="mu/4", image_size=16, num_classes=10, pool_type="map"),
@@ -45,7 +48,8 @@ def _model(cfg):
 
 def _nbytes(variables):
     return sum(
-        int(np.prod(v.shape)) * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
+        int(np.prod(v.shape))
+        * np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize
         if v.dtype != "bfloat16"
         else int(np.prod(v.shape)) * 2
         for v in variables
@@ -165,7 +169,9 @@ XLA_CONFIGS = [
     reason="Compares with XLA's memory_analysis() of a jax.jit-compiled train step; "
     "JAX backend only.",
 )
-@pytest.mark.parametrize("cfg", XLA_CONFIGS, ids=lambda c: "-".join(map(str, c.values())))
+@pytest.mark.parametrize(
+    "cfg", XLA_CONFIGS, ids=lambda c: "-".join(map(str, c.values()))
+)
 def test_plan_matches_the_compiled_train_step(cfg):
     import jax
 
@@ -183,7 +189,9 @@ def test_plan_matches_the_compiled_train_step(cfg):
 
     def train_step(trainable, non_trainable, opt_vars, x, y):
         def loss(trainable):
-            logits, nt = model.stateless_call(trainable, non_trainable, x, training=True)
+            logits, nt = model.stateless_call(
+                trainable, non_trainable, x, training=True
+            )
             return loss_fn(y, logits), nt
 
         (value, nt), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
