@@ -178,7 +178,7 @@ def optimizer_state_bytes(shapes, optimizer="adafactor"):
     Example:
     >>> from keras_scalevit.scaling.plan import optimizer_state_bytes
     >>> optimizer_state_bytes([(768, 3072), (768,)])  # bf16 m + factored/full v
-    4736256
+    4738560
     """
     optimizer = check_choice("optimizer", optimizer, OPTIMIZERS)
     shapes = [tuple(s) for s in shapes]
