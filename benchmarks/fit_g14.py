@@ -38,7 +38,9 @@ from keras_scalevit.distribution import (  # noqa: E402
 GIB = 2**30
 
 
-def compile_step(strategy, mesh_shape, batch_per_device, depth, num_classes, image):
+def compile_step(
+    strategy, mesh_shape, batch_per_device, depth, num_classes, image, remat=True
+):
     dist = make_distribution(strategy, mesh_shape=mesh_shape)
 
     def build():
@@ -48,7 +50,7 @@ def compile_step(strategy, mesh_shape, batch_per_device, depth, num_classes, ima
             image_size=image,
             pool_type="map",
             depth=depth,
-            remat=True,
+            remat=remat,
             dtype="mixed_bfloat16",
         )
 
@@ -123,16 +125,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--strategy", default="fsdp")
     parser.add_argument("--mesh", default="8,1", help="data,model")
-    parser.add_argument("--batch", type=int, default=8, help="images per device")
+    parser.add_argument("--batch", type=int, default=8, help="images per data-axis shard (global batch = batch x data)")
     parser.add_argument("--depths", default="1,2", help="two depths to compile")
     parser.add_argument("--num_classes", type=int, default=29593)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--no_remat", action="store_true", help="for comparison")
     args = parser.parse_args()
     mesh_shape = tuple(int(s) for s in args.mesh.split(","))
     depths = [int(d) for d in args.depths.split(",")]
     rows = [
         compile_step(
-            args.strategy, mesh_shape, args.batch, d, args.num_classes, args.image_size
+            args.strategy,
+            mesh_shape,
+            args.batch,
+            d,
+            args.num_classes,
+            args.image_size,
+            remat=not args.no_remat,
         )
         for d in depths
     ]
@@ -147,7 +156,8 @@ def main():
                 {
                     "strategy": args.strategy,
                     "mesh": mesh_shape,
-                    "batch_per_device": args.batch,
+                    "batch_per_data_shard": args.batch,
+                    "remat": not args.no_remat,
                     "per_block_GiB": per_block,
                     "fixed_GiB": fixed,
                     "G14_48_blocks_peak_GiB": fixed + 48 * per_block,
