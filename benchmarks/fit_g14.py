@@ -31,6 +31,7 @@ import keras_scalevit  # noqa: E402
 from keras_scalevit.distribution import (  # noqa: E402
     abstract_model,
     abstract_optimizer_state,
+    check_divisibility,
     make_distribution,
     per_device_bytes,
 )
@@ -55,6 +56,7 @@ def compile_step(
         )
 
     model = abstract_model(build, dist)
+    check_divisibility(model.weights, dist)  # a clear error instead of JAX's
     optimizer = keras_scalevit.optimizers.Adafactor(
         8e-4,
         weight_decay=0.03,
@@ -125,7 +127,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--strategy", default="fsdp")
     parser.add_argument("--mesh", default="8,1", help="data,model")
-    parser.add_argument("--batch", type=int, default=8, help="images per data-axis shard (global batch = batch x data)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="images per data-axis shard (global batch = batch x data)",
+    )
     parser.add_argument("--depths", default="1,2", help="two depths to compile")
     parser.add_argument("--num_classes", type=int, default=29593)
     parser.add_argument("--image_size", type=int, default=224)
