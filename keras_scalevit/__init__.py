@@ -3,6 +3,7 @@
 from keras_scalevit import (
     convert,
     data,
+    distribution,
     evaluation,
     losses,
     models,

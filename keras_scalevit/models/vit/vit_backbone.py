@@ -14,6 +14,7 @@ from keras_scalevit.models.vit.vit_layers import (
     _pair,
     check_image_shape,
 )
+from keras_scalevit.models.vit.vit_layout import backbone_layouts, make_layout_map
 from keras_scalevit.models.vit.vit_variants import decode_variant
 from keras_scalevit.utils.validation import (
     check_bool,
@@ -267,6 +268,51 @@ class ViTBackbone(keras.Model):
         from keras_scalevit.models import preset_utils
 
         return preset_utils.save_backbone(self, preset_dir, metadata)
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        *,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+        fsdp=True,
+    ):
+        """The encoder's `keras.distribution.LayoutMap` on ``device_mesh``.
+
+        Attention heads and the MLP hidden dimension go on the model axis (tensor
+        parallelism); with ``fsdp=True`` the width of every big tensor goes on the
+        data axis (fully-sharded data parallelism); small vectors are replicated.
+        See `keras_scalevit.models.vit.vit_layout` for the table, and
+        `keras_scalevit.distribution.make_distribution` for the ready-made strategies.
+
+        Args:
+            device_mesh: `keras.distribution.DeviceMesh`.
+            model_parallel_dim_name: str. The mesh axis for tensor parallelism.
+            data_parallel_dim_name: str. The mesh axis for data parallelism.
+            fsdp: bool. Shard the remaining large dimension on the data axis.
+
+        Returns:
+            `keras.distribution.LayoutMap`.
+
+        Example:
+        >>> import keras, keras_scalevit
+        >>> mesh = keras.distribution.DeviceMesh(
+        ...     (1, 1), ("batch", "model"), ["cpu:0"])
+        >>> layout_map = keras_scalevit.models.ViTBackbone.get_layout_map(mesh)
+        >>> layout_map["Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"].axes
+        ('batch', 'model')
+        """
+        layouts = backbone_layouts(
+            model_parallel_dim_name=model_parallel_dim_name,
+            data_parallel_dim_name=data_parallel_dim_name,
+            fsdp=fsdp,
+        )
+        return make_layout_map(
+            device_mesh,
+            layouts,
+            model_parallel_dim_name=model_parallel_dim_name,
+            data_parallel_dim_name=data_parallel_dim_name,
+        )
 
     def get_config(self):
         return {

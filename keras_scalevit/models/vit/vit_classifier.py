@@ -16,6 +16,11 @@ from keras_scalevit.models.vit.vit_layers import (
     _head_policy,
     check_image_shape,
 )
+from keras_scalevit.models.vit.vit_layout import (
+    backbone_layouts,
+    head_layouts,
+    make_layout_map,
+)
 from keras_scalevit.models.vit.vit_variants import decode_variant
 from keras_scalevit.utils.validation import (
     check_bool,
@@ -322,6 +327,49 @@ class ViTClassifier(keras.Model):
 
         x, batch_size = preset_utils.preprocess_for_predict(self, x, batch_size)
         return super().predict(x, batch_size=batch_size, **kwargs)
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        *,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+        fsdp=True,
+    ):
+        """The classifier's `keras.distribution.LayoutMap`: backbone and heads.
+
+        As `ViTBackbone.get_layout_map`, plus the MAP head (heads and MLP hidden
+        dimension on the model axis), ``pre_logits`` (units on the model axis) and
+        ``head`` (classes on the model axis); with ``fsdp=True`` their input width
+        on the data axis.
+
+        Args:
+            device_mesh: `keras.distribution.DeviceMesh`.
+            model_parallel_dim_name: str. The mesh axis for tensor parallelism.
+            data_parallel_dim_name: str. The mesh axis for data parallelism.
+            fsdp: bool. Shard the remaining large dimension on the data axis.
+
+        Returns:
+            `keras.distribution.LayoutMap`.
+
+        Example:
+        >>> import keras, keras_scalevit
+        >>> mesh = keras.distribution.DeviceMesh(
+        ...     (1, 1), ("batch", "model"), ["cpu:0"])
+        >>> layout_map = keras_scalevit.models.ViTClassifier.get_layout_map(
+        ...     mesh, fsdp=False)
+        >>> layout_map["head/kernel"].axes, layout_map["head/bias"].axes
+        ((None, 'model'), ('model',))
+        """
+        kw = dict(
+            model_parallel_dim_name=model_parallel_dim_name,
+            data_parallel_dim_name=data_parallel_dim_name,
+        )
+        layouts = {
+            **backbone_layouts(fsdp=fsdp, **kw),
+            **head_layouts(fsdp=fsdp, **kw),
+        }
+        return make_layout_map(device_mesh, layouts, **kw)
 
     def get_config(self):
         return {
