@@ -40,6 +40,17 @@ def bv_manifest():
         return json.load(f)
 
 
+def fixture_path(relpath):
+    """``shared/fixtures/big_vision/<relpath>`` as a path; skips if the folder is absent.
+
+    Use this (never ``BV_FIXTURES / relpath``) where a test opens a fixture file
+    itself, so that a user's clone without ``../shared`` skips instead of failing
+    with FileNotFoundError.
+    """
+    _require_fixtures()
+    return BV_FIXTURES / relpath
+
+
 def load_fixture(relpath):
     """Loads ``shared/fixtures/big_vision/<relpath>`` without pickle, as a dict."""
     _require_fixtures()
