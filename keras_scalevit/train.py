@@ -33,13 +33,46 @@ or that belongs to a different run (model, input or optimizer type) raises
 `CheckpointError` naming the file: it is never silently ignored.
 """
 
-import json
-import math
 import os
-import re
-import time
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
+
+
+def cli(argv=None):
+    """The command line: parses the flags, then imports the training stack.
+
+    ``python -m keras_scalevit.train --config=PATH[:ARG] --workdir=DIR
+    [--config.FIELD=VALUE ...]``; ``--help`` answers before Keras, JAX or
+    TensorFlow load.
+    """
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file(
+        "config",
+        _DEFAULT_CONFIG,
+        "Training config file (path[:arg]).",
+        lock_config=True,
+    )
+    workdir = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+
+    def run(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        from keras_scalevit.train import main  # the heavy imports, after the flags
+
+        main(config.value, workdir.value)
+
+    app.run(run, argv=argv)  # exits
+
+
+if __name__ == "__main__":
+    cli()
+
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -158,6 +191,173 @@ def total_steps_from_config(config, num_train_examples=None):
     return max(1, round(epochs * num_train_examples / config.input.batch_size))
 
 
+# Top-level config fields the entry point knows (read here or by the builders it
+# calls). Anything else is a typo or a field this library does not implement.
+CONFIG_FIELDS = (
+    "seed", "input", "image_size", "mixup", "total_steps", "total_epochs",
+    "log_training_steps", "ckpt_steps", "verbose", "model_name", "model",
+    "num_classes", "init_head_bias", "model_init", "model_load", "loss",
+    "optax_name", "optax", "lr", "wd", "wd_mults", "lr_mults", "schedule",
+    "grad_clip_norm", "evals", "ema_momentum", "jit_compile", "mesh",
+)  # fmt: skip
+INPUT_FIELDS = ("data", "pp", "batch_size", "shuffle_buffer_size", "cache")
+
+
+def _field(config, key):
+    """``config[key]`` or None (absent, or a None placeholder)."""
+    try:
+        return config[key]
+    except (KeyError, AttributeError, TypeError):
+        return None
+
+
+def _check_fields(where, config, allowed):
+    """TypeError naming the unknown fields of ``config`` and their close matches."""
+    import difflib
+
+    unknown = [
+        k
+        for k in (config.keys() if hasattr(config, "keys") else ())
+        if k not in allowed
+    ]
+    if not unknown:
+        return
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), allowed, n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+        parts.append(f"{key!r}{hint}")
+    noun = "field" if len(unknown) == 1 else "fields"
+    raise TypeError(
+        f"`{where}` has an unknown {noun} {', '.join(parts)}; the known fields "
+        f"are {', '.join(map(repr, sorted(allowed)))}."
+    )
+
+
+def validate_config(config):
+    """Checks the fields the entry point reads; raises before any work is done.
+
+    ``TypeError`` for a field of the wrong kind or an unknown field (with the
+    close matches), ``ValueError`` for a bad value; the message names the field
+    as ``config.<path>``. The model, optimizer, schedule, data and few-shot
+    settings are checked again, in depth, by the objects built from them.
+
+    Example:
+    >>> from keras_scalevit.configs import digits
+    >>> from keras_scalevit.train import validate_config
+    >>> config = digits.get_config()
+    >>> validate_config(config)
+    >>> config.total_steps = 0
+    >>> validate_config(config)
+    Traceback (most recent call last):
+    ...
+    ValueError: `config.total_steps` must be an integer >= 1, got 0.
+    """
+    from keras_scalevit.utils import validation as v
+
+    if not hasattr(config, "keys") or not hasattr(config, "__getitem__"):
+        raise TypeError(
+            "`config` must be an ml_collections.ConfigDict (or a dict), got "
+            f"{type(config).__name__}."
+        )
+    _check_fields("config", config, CONFIG_FIELDS)
+    for key in ("input", "model", "num_classes", "loss", "lr"):
+        if _field(config, key) is None:
+            raise ValueError(f"The config needs `config.{key}`.")
+    inp = config["input"]
+    _check_fields("config.input", inp, INPUT_FIELDS)
+    data = _field(inp, "data")
+    if data is None or not isinstance(_field(data, "name"), str):
+        raise ValueError(
+            "The config needs `config.input.data.name`, a TFDS data set name."
+        )
+    if not isinstance(_field(data, "split"), str):
+        raise TypeError(
+            "`config.input.data.split` must be a TFDS split string such as "
+            f"'train', got {_field(data, 'split')!r}."
+        )
+    pp = _field(inp, "pp")
+    if not isinstance(pp, str) or not pp.strip():
+        raise TypeError(f"`config.input.pp` must be a non-empty pp string, got {pp!r}.")
+    v.check_positive_int("config.input.batch_size", _field(inp, "batch_size"))
+    if _field(inp, "shuffle_buffer_size") is not None:
+        v.check_positive_int(
+            "config.input.shuffle_buffer_size", inp["shuffle_buffer_size"]
+        )
+    cache = _field(inp, "cache")
+    if cache is not None and not isinstance(cache, (bool, str)):
+        raise TypeError(
+            f"`config.input.cache` must be True, False or a path, got {cache!r}."
+        )
+
+    steps, epochs = _field(config, "total_steps"), _field(config, "total_epochs")
+    if steps is None and epochs is None:
+        raise ValueError("The config needs `config.total_steps` or `total_epochs`.")
+    if steps is not None:
+        v.check_positive_int("config.total_steps", steps)
+    else:
+        v.check_positive_float("config.total_epochs", epochs)
+    v.check_int("config.seed", _field(config, "seed") or 0)
+    for key in ("log_training_steps", "ckpt_steps"):
+        if _field(config, key) is not None:
+            v.check_int(f"config.{key}", config[key], minimum=0)
+    if _field(config, "verbose") is not None:
+        v.check_choice("config.verbose", config["verbose"], (0, 1, 2, "auto"))
+    if _field(config, "jit_compile") is not None:
+        v.check_bool("config.jit_compile", config["jit_compile"])
+    v.check_choice("config.model_name", _field(config, "model_name") or "vit", ("vit",))
+    v.check_positive_int("config.num_classes", config["num_classes"])
+    size = _field(config, "image_size")
+    if size is not None:
+        sizes = list(size) if isinstance(size, (list, tuple)) else [size]
+        if len(sizes) not in (1, 2):
+            raise ValueError(
+                "`config.image_size` must be an integer or an (height, width) pair, "
+                f"got {size!r}."
+            )
+        for n in sizes:
+            v.check_positive_int("config.image_size", n)
+    v.check_float("config.init_head_bias", _field(config, "init_head_bias") or 0.0)
+    loss = config["loss"]
+    if not isinstance(loss, str):
+        raise TypeError(f"`config.loss` must be a loss name, got {loss!r}.")
+    from keras_scalevit import losses
+
+    try:
+        losses.get(loss)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            "`config.loss` must be 'sigmoid_xent', 'softmax_xent' or a Keras loss "
+            f"name, got {loss!r}."
+        ) from e
+    v.check_positive_float("config.lr", config["lr"])
+    if _field(config, "wd") is not None:
+        v.check_non_negative_float("config.wd", config["wd"])
+    if _field(config, "grad_clip_norm") is not None:
+        v.check_positive_float("config.grad_clip_norm", config["grad_clip_norm"])
+    if _field(config, "ema_momentum") is not None:
+        v.check_probability("config.ema_momentum", config["ema_momentum"])
+    mixup_p = _field(_field(config, "mixup"), "p")
+    if mixup_p is not None:  # Beta(p, p) concentration; 0 (or None) is off
+        v.check_non_negative_float("config.mixup.p", mixup_p)
+    evals = _field(config, "evals")
+    val = _field(evals, "val") if evals is not None else None
+    if val:
+        if (_field(val, "type") or "classification") != "classification":
+            raise ValueError(
+                "`config.evals.val.type` must be 'classification', got "
+                f"{val['type']!r}."
+            )
+        if not isinstance(_field(val, "pp_fn"), str) or not val["pp_fn"]:
+            raise ValueError(
+                "`config.evals.val` needs `pp_fn`, the evaluation pp string (the "
+                "training pp string has random augmentations)."
+            )
+        for key in ("log_steps", "batch_size"):
+            if _field(val, key):
+                v.check_positive_int(f"config.evals.val.{key}", val[key])
+
+
 def build_model(config, image_size=None):
     """The model a config describes (``config.model`` or ``config.model_init``).
 
@@ -237,37 +437,79 @@ def build_optimizer(config, total_steps, data_size=None):
 # ---------------------------------------------------------------- checkpoints
 
 
-def _fingerprint(config, model, optimizer, image_size):
-    """What must not change between a checkpoint and the run resuming from it."""
-    data = _to_dict(config.input.data)
-    return {
-        "model_name": _get(config, "model_name", "vit"),
-        "model": json.dumps(_to_dict(config.model), sort_keys=True, default=str),
-        "model_init": str(_get(config, "model_init", "")),
-        "num_classes": int(config.num_classes),
-        "image_size": json.dumps(image_size),
-        "optimizer": type(optimizer).__name__,
-        # Learning rate, schedule (with total_steps), decay, multipliers, clipping.
-        "optimizer_config": json.dumps(
-            {k: v for k, v in optimizer.get_config().items() if k != "name"},
-            sort_keys=True,
-            default=str,
-        ),
-        "input": json.dumps(
-            {
-                "name": data.get("name"),
-                "split": data.get("split"),
-                "pp": config.input.pp,
-                "batch_size": config.input.batch_size,
-                "seed": _get(config, "seed", 0),
-                "shuffle_buffer_size": _get(config.input, "shuffle_buffer_size"),
-                "cache": _get(config.input, "cache"),
-                "mixup": json.dumps(_to_dict(_get(config, "mixup")), sort_keys=True),
-            },
-            sort_keys=True,
-            default=str,
-        ),
-    }
+# Config fields that do not change what a run computes: they may change between
+# a checkpoint and the run resuming from it. Everything else in the config is
+# part of the fingerprint, so a new config field is fingerprinted by default.
+NOT_FINGERPRINTED = (
+    "log_training_steps",  # logging cadence
+    "ckpt_steps",  # checkpoint cadence
+    "verbose",  # progress bar
+    "evals",  # validation and few-shot: cadence, data, pp (they never train)
+    "input.data.data_dir",  # where the same TFDS data set lives
+    "input.cache",  # caching the raw examples does not change their order
+)
+_FINGERPRINT_VERSION = 2
+
+
+def _flatten(value, prefix, out):
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if isinstance(value, dict):
+        for k in sorted(value, key=str):
+            _flatten(value[k], f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        # JSON-normal form (tuples become lists), as it reads back from the file.
+        out[prefix] = json.loads(json.dumps(value, default=str))
+    return out
+
+
+def _excluded(key):
+    return any(key == k or key.startswith(k + ".") for k in NOT_FINGERPRINTED)
+
+
+def run_fingerprint(config, optimizer, *, image_size, total_steps):
+    """What must not change between a checkpoint and the run resuming from it.
+
+    A flat ``{field: value}`` dict: every config field except the ones in
+    `NOT_FINGERPRINTED` (dotted paths such as ``"model.width"``, ``"loss"``,
+    ``"input.pp"``, ``"schedule.timescale"``, ``"seed"``), plus what the run
+    derives from the config and the environment: the Keras ``backend``,
+    ``resolved.image_size``, ``resolved.total_steps``, ``resolved.jit_compile``,
+    the optimizer class and its full Keras config (``optimizer.*``).
+
+    Example:
+    >>> from keras_scalevit.configs import digits
+    >>> from keras_scalevit.train import build_optimizer, run_fingerprint
+    >>> config = digits.get_config()
+    >>> fp = run_fingerprint(config, build_optimizer(config, total_steps=100),
+    ...                      image_size=8, total_steps=100)
+    >>> fp["loss"], fp["model.width"], fp["resolved.total_steps"]
+    ('softmax_xent', 64, 100)
+    >>> "log_training_steps" in fp, "input.data.data_dir" in fp
+    (False, False)
+    """
+    flat = _flatten(config, "", {})
+    fp = {k: v for k, v in flat.items() if not _excluded(k)}
+    backend = keras.backend.backend()
+    fp.update(
+        {
+            "fingerprint_version": _FINGERPRINT_VERSION,
+            "backend": backend,
+            "resolved.image_size": json.loads(json.dumps(image_size)),
+            "resolved.total_steps": int(total_steps),
+            "resolved.jit_compile": _jit_compile(config),
+            "optimizer.class": type(optimizer).__name__,
+        }
+    )
+    opt_config = {k: v for k, v in optimizer.get_config().items() if k != "name"}
+    fp.update(_flatten(opt_config, "optimizer", {}))
+    return fp
+
+
+def _jit_compile(config):
+    return bool(
+        _get(config, "jit_compile", keras.backend.backend() in ("jax", "tensorflow"))
+    )
 
 
 def _variable_table(variables, strip_scope=False):
@@ -334,6 +576,119 @@ def _mismatch(path, what):
     )
 
 
+_ABSENT = "(absent)"
+
+
+def fingerprint_diff(saved, current):
+    """The fields that differ, as ``["field: old -> new", ...]`` (sorted).
+
+    Example:
+    >>> from keras_scalevit.train import fingerprint_diff
+    >>> fingerprint_diff({"loss": "softmax_xent", "seed": 0},
+    ...                  {"loss": "sigmoid_xent", "seed": 0, "backend": "jax"})
+    ["backend: (absent) → 'jax'", "loss: 'softmax_xent' → 'sigmoid_xent'"]
+    """
+    saved = saved if isinstance(saved, dict) else {}
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, _ABSENT), current.get(key, _ABSENT)
+        if old != new:
+            old = old if old is _ABSENT else repr(old)
+            new = new if new is _ABSENT else repr(new)
+            lines.append(f"{key}: {old} → {new}")
+    return lines
+
+
+def check_fingerprint(path, saved, current):
+    """Raises `CheckpointError` naming ``path`` and only the differing fields.
+
+    Example:
+    >>> from keras_scalevit.train import CheckpointError, check_fingerprint
+    >>> check_fingerprint("ckpt.npz", {"lr": 0.1}, {"lr": 0.1})
+    >>> try:
+    ...     check_fingerprint("ckpt.npz", {"lr": 0.1, "seed": 0}, {"lr": 0.2, "seed": 0})
+    ... except CheckpointError as e:
+    ...     print(str(e).splitlines()[1])
+      lr: 0.1 → 0.2
+    """
+    diffs = fingerprint_diff(saved, current)
+    if diffs:
+        raise CheckpointError(
+            f"Checkpoint {path} does not match this run (it was written by a "
+            "different configuration); these fields differ (checkpoint → this "
+            "run):\n  "
+            + "\n  ".join(diffs)
+            + "\nResume with the original values, or use a new --workdir (or "
+            "delete the file) to start from scratch."
+        )
+
+
+def read_checkpoint_meta(path):
+    """The metadata of checkpoint ``path`` (``step``, ``fingerprint``, tables).
+
+    Reads no arrays. Raises `CheckpointError` naming ``path`` if the file is
+    unreadable or of an unknown format.
+
+    Example:
+    >>> import os, tempfile
+    >>> import keras
+    >>> from keras_scalevit.train import read_checkpoint_meta, save_checkpoint
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> save_checkpoint(path, model, step=3, fingerprint={"lr": 0.1})
+    >>> meta = read_checkpoint_meta(path)
+    >>> meta["step"], meta["fingerprint"]
+    (3, {'lr': 0.1})
+    """
+    meta, _ = _read(path, arrays=False)
+    return meta
+
+
+def _read(path, arrays=True):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z[_META_KEY]))
+            values = {k: z[k] for k in z.files if k != _META_KEY} if arrays else None
+    except Exception as e:  # zip/npz/json errors: all mean "corrupt"
+        raise CheckpointError(
+            f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). "
+            "Delete it to start from scratch (or restore a good copy)."
+        ) from e
+    if not isinstance(meta, dict) or meta.get("format") != _CKPT_FORMAT:
+        raise CheckpointError(
+            f"Checkpoint {path} has an unknown format "
+            f"{meta.get('format') if isinstance(meta, dict) else meta!r}."
+        )
+    return meta, values
+
+
+def remove_stale_temp_files(path):
+    """Deletes ``<path>.tmp-<pid>`` files left by saves that were killed.
+
+    Returns the removed paths. Only one run may use a workdir at a time.
+
+    Example:
+    >>> import os, tempfile
+    >>> from keras_scalevit.train import remove_stale_temp_files
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> open(path + ".tmp-12345", "wb").close()
+    >>> [os.path.basename(p) for p in remove_stale_temp_files(path)]
+    ['checkpoint.npz.tmp-12345']
+    """
+    import glob
+
+    removed = []
+    for tmp in sorted(glob.glob(glob.escape(path) + ".tmp-*")):
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            continue
+        removed.append(tmp)
+    return removed
+
+
 def restore_checkpoint(path, model, fingerprint):
     """Loads ``path`` into ``model`` and its (built) optimizer; returns the step.
 
@@ -356,31 +711,11 @@ def restore_checkpoint(path, model, fingerprint):
     >>> try:
     ...     restore_checkpoint(path, model, fingerprint={"lr": "0.2"})
     ... except CheckpointError as e:
-    ...     print("does not match this run" in str(e))
-    True
+    ...     print(str(e).splitlines()[1])
+      lr: '0.1' → '0.2'
     """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z[_META_KEY]))
-            arrays = {k: z[k] for k in z.files if k != _META_KEY}
-    except Exception as e:  # zip/npz/json errors: all mean "corrupt"
-        raise CheckpointError(
-            f"Checkpoint {path} is corrupt or unreadable ({type(e).__name__}: {e}). "
-            "Delete it to start from scratch (or restore a good copy)."
-        ) from e
-    if not isinstance(meta, dict) or meta.get("format") != _CKPT_FORMAT:
-        raise CheckpointError(
-            f"Checkpoint {path} has an unknown format "
-            f"{meta.get('format') if isinstance(meta, dict) else meta!r}."
-        )
-    saved = meta.get("fingerprint", {})
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)!r} != run {fingerprint[k]!r}"
-        for k in fingerprint
-        if saved.get(k) != fingerprint[k]
-    ]
-    if diffs:
-        raise _mismatch(path, "; ".join(diffs))
+    meta, arrays = _read(path)
+    check_fingerprint(path, meta.get("fingerprint", {}), fingerprint)
     values = []
     for group, variables in (
         ("model", model.variables),
@@ -647,6 +982,23 @@ def _val_pp(val_cfg):
     return pp
 
 
+def _finished_record(metrics_path, total_steps):
+    """The ``"final": true`` record of ``metrics.jsonl`` at ``total_steps``, or None."""
+    try:
+        with open(metrics_path) as f:
+            lines = f.readlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("final"):
+            return record if record.get("step") == total_steps else None
+    return None
+
+
 def main(config, workdir):
     """Trains (or resumes) the run ``config`` describes in ``workdir``.
 
@@ -677,8 +1029,14 @@ def main(config, workdir):
     import keras_scalevit.data as kdata
     from keras_scalevit import losses
 
+    validate_config(config)
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+        raise TypeError(f"`workdir` must be a directory path, got {workdir!r}.")
+    workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    backend = keras.backend.backend()
+    ckpt_path = os.path.join(workdir, CHECKPOINT_NAME)
+    for tmp in remove_stale_temp_files(ckpt_path):
+        print(f"Removed {tmp}, left by a save that was interrupted.")
     seed = int(_get(config, "seed", 0))
     data = config.input.data
     data_dir = _get(data, "data_dir")
@@ -686,39 +1044,36 @@ def main(config, workdir):
     num_train = kdata.get_num_examples(data.name, data.split, data_dir=data_dir)
     total_steps = total_steps_from_config(config, num_train)
     image_size = image_size_from_config(config)
+    loss = losses.get(config.loss)
 
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
-
-    keras.utils.set_random_seed(seed)
-    model = build_model(config, image_size)
+    # The optimizer (no variables yet) is all the fingerprint needs: a checkpoint
+    # from another configuration is refused before anything is built or written.
     optimizer = build_optimizer(config, total_steps, data_size=num_train)
-    jit = _get(config, "jit_compile", backend in ("jax", "tensorflow"))
-    model.compile(
-        optimizer=optimizer,
-        loss=losses.get(_get(config, "loss", "sigmoid_xent")),
-        metrics=[keras.metrics.CategoricalAccuracy(name="prec@1")],
-        jit_compile=jit,
+    fingerprint = run_fingerprint(
+        config, optimizer, image_size=image_size, total_steps=total_steps
     )
-    optimizer.build(model.trainable_variables)
-
-    ckpt_path = os.path.join(workdir, CHECKPOINT_NAME)
-    fingerprint = _fingerprint(config, model, optimizer, image_size)
     writer = _JsonLines(os.path.join(workdir, METRICS_NAME))
-    start_step = 0
+    meta = None
     if os.path.exists(ckpt_path):
-        start_step = restore_checkpoint(ckpt_path, model, fingerprint)
-        print(f"Resumed from {ckpt_path} at step {start_step}/{total_steps}.")
-        writer.truncate_after(start_step)
-    elif os.path.exists(writer.path):
-        os.remove(writer.path)  # a run killed before its first checkpoint
+        meta = read_checkpoint_meta(ckpt_path)
+        check_fingerprint(ckpt_path, meta.get("fingerprint", {}), fingerprint)
+        recorded = _finished_record(writer.path, total_steps)
+        if (
+            int(meta.get("step", -1)) >= total_steps
+            and recorded is not None
+            and os.path.exists(os.path.join(workdir, MODEL_NAME))
+        ):
+            print(
+                f"The run in {workdir} is finished (step {total_steps}); nothing "
+                "to do. Its results are in metrics.jsonl and model.keras; use a new "
+                "--workdir to train again."
+            )
+            return recorded
 
     log_steps = int(_get(config, "log_training_steps", 50))
     ckpt_steps = int(_get(config, "ckpt_steps", 0)) or None
     evals = _to_dict(_get(config, "evals"))
     val_cfg = evals.get("val") or {}
-    if val_cfg and val_cfg.get("type", "classification") != "classification":
-        raise ValueError(f"Unsupported evals.val type {val_cfg.get('type')!r}.")
     val_steps = int(val_cfg.get("log_steps") or 0) or None
     # One progress-bar epoch divides both the validation and the checkpoint
     # cadence: checkpoints then sit on epoch boundaries, and a resumed run walks
@@ -726,15 +1081,35 @@ def main(config, workdir):
     steps_per_epoch = math.gcd(val_steps or 0, ckpt_steps or 0) or min(
         total_steps, 1000
     )
+    saved_step = 0 if meta is None else int(meta.get("step", 0))
+    if 0 < saved_step < total_steps:
+        # A resume under a changed cadence: the checkpoint's step must be an
+        # epoch boundary too. (Only the logged running means see the shorter
+        # epochs; the weights do not depend on them.)
+        steps_per_epoch = math.gcd(steps_per_epoch, saved_step)
     steps_per_epoch = max(1, min(steps_per_epoch, total_steps))
     epochs = math.ceil(total_steps / steps_per_epoch)
-    if start_step % steps_per_epoch and start_step < total_steps:
-        raise CheckpointError(
-            f"Checkpoint {ckpt_path} is at step {start_step}, not a multiple of "
-            f"this run's epoch of {steps_per_epoch} steps (gcd of evals.val."
-            f"log_steps={val_steps} and ckpt_steps={ckpt_steps}): resume with the "
-            "original config."
-        )
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, image_size)
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=[keras.metrics.CategoricalAccuracy(name="prec@1")],
+        jit_compile=_jit_compile(config),
+    )
+    optimizer.build(model.trainable_variables)
+
+    start_step = 0
+    if meta is not None:
+        start_step = restore_checkpoint(ckpt_path, model, fingerprint)
+        print(f"Resumed from {ckpt_path} at step {start_step}/{total_steps}.")
+        writer.truncate_after(start_step)
+    elif os.path.exists(writer.path):
+        os.remove(writer.path)  # a run killed before its first checkpoint
+    # Only now, with the checkpoint (if any) accepted: the config of this run.
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
 
     val_ds = None
     if val_cfg:
@@ -789,7 +1164,8 @@ def main(config, workdir):
         callbacks.insert(0, fewshot_cb)
 
     t0 = time.time()
-    if start_step < total_steps:
+    trained = start_step < total_steps
+    if trained:
         train_ds = kdata.make_dataset(
             data.name,
             data.split,
@@ -814,7 +1190,7 @@ def main(config, workdir):
             verbose=_get(config, "verbose", 1),
             shuffle=False,  # make_dataset shuffles (seeded, resumable)
         )
-    else:  # a finished run restarted: no training, evaluate again
+    else:  # killed after its last checkpoint: evaluate and write the results
         if getattr(optimizer, "use_ema", False):
             # `fit` writes the Polyak averages into the model at its end; the
             # checkpoint holds the raw weights and the averages.
@@ -838,7 +1214,9 @@ def main(config, workdir):
     if fewshot_cb is not None and fewshot_cb.history:
         results = fewshot_cb._loggable(fewshot_cb.history[-1]["results"])
         final.update({k: float(v) for k, v in results.items() if np.isscalar(v)})
-    final.update({"final": True, "train_wall_s": round(train_wall, 2)})
+    final["final"] = True
+    if trained:  # this process's training time (from the restart, if resumed)
+        final["train_wall_s"] = round(train_wall, 2)
     writer.write(final)
     model.save(os.path.join(workdir, MODEL_NAME))
     plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
@@ -847,27 +1225,3 @@ def main(config, workdir):
     if "val_prec@1" in final:
         print(f"Final test accuracy: {final['val_prec@1']:.4f}")
     return final
-
-
-def _run(argv):
-    from absl import app
-
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    main(_CONFIG.value, _WORKDIR.value)
-
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "digits.py")
-
-if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config",
-        _DEFAULT_CONFIG,
-        "Training config file (path[:arg]).",
-        lock_config=True,
-    )
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-    app.run(_run)
