@@ -4,9 +4,13 @@ The suite runs once per Keras backend (``KERAS_BACKEND=jax|tensorflow|torch``);
 backend-specific expectations read ``BACKEND`` from here.
 """
 
+import ast
+import inspect
 import json
 import os
 import pathlib
+import re
+import textwrap
 
 # TensorFlow's oneDNN kernels segfault intermittently inside tf.function
 # training steps on this CPU build; the plain Eigen kernels are stable.
@@ -38,6 +42,17 @@ def bv_manifest():
     _require_fixtures()
     with open(BV_FIXTURES / "manifest.json") as f:
         return json.load(f)
+
+
+def fixture_path(relpath):
+    """``shared/fixtures/big_vision/<relpath>`` as a path; skips if the folder is absent.
+
+    Use this (never ``BV_FIXTURES / relpath``) where a test opens a fixture file
+    itself, so that a user's clone without ``../shared`` skips instead of failing
+    with FileNotFoundError.
+    """
+    _require_fixtures()
+    return BV_FIXTURES / relpath
 
 
 def load_fixture(relpath):
@@ -82,3 +97,56 @@ def rel_err(actual, expected):
     expected = np.asarray(expected, np.float64)
     scale = np.max(np.abs(expected))
     return float(np.max(np.abs(actual - expected)) / (scale if scale > 0 else 1.0))
+
+
+# ---------------------------------------------------------------- a user's clone
+# `SCALEVIT_FIXTURE_TESTS_ONLY=1` (tests/run_all_backends.sh's last pass, run with
+# SCALEVIT_FIXTURES pointing to a missing folder) keeps only the tests that reach
+# the fixtures: the ones whose code, fixtures or helpers (followed through the
+# test modules) name a fixture helper or BV_FIXTURES. They must all skip there.
+_FIXTURE_WORDS = re.compile(
+    r"\b(load_fixture|fixture_path|bv_manifest|BV_FIXTURES|FIXTURES_ROOT|"
+    r"fixture_names|model_fixture_names|_require_fixtures)\b"
+)
+_TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
+
+
+def _reaches_fixtures(func, seen):
+    if not inspect.isfunction(func) or func in seen:
+        return False
+    seen.add(func)
+    try:
+        if not os.path.abspath(inspect.getsourcefile(func)).startswith(_TESTS_DIR):
+            return False
+        source = textwrap.dedent(inspect.getsource(func))
+    except (OSError, TypeError):
+        return False
+    if _FIXTURE_WORDS.search(source):
+        return True
+    try:
+        names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return True  # cannot tell: keep the test
+    return any(_reaches_fixtures(func.__globals__.get(n), seen) for n in names)
+
+
+def _uses_fixtures(item):
+    seen = set()
+    func = getattr(item, "function", None)
+    if func is not None and _reaches_fixtures(func, seen):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        if any(_reaches_fixtures(d.func, seen) for d in defs):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SCALEVIT_FIXTURE_TESTS_ONLY") != "1":
+        return
+    keep = [item for item in items if _uses_fixtures(item)]
+    drop = [item for item in items if item not in keep]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

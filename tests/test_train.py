@@ -8,10 +8,12 @@ touches the network: digits are built offline, ImageNet goes through
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import keras
 import numpy as np
@@ -252,6 +254,7 @@ def test_sigkill_and_restart_gives_the_same_weights(data_dir, tmp_path):
 )
 def test_configs_parse_and_build(module, arg, variant):
     config = module.get_config(arg)
+    train.validate_config(config)  # every field known, every value allowed
     assert config.model.variant == variant
     assert train.image_size_from_config(config) == config.image_size
     for key in ("seed", "num_classes", "loss", "optax_name", "lr", "schedule"):
@@ -266,6 +269,15 @@ def test_configs_parse_and_build(module, arg, variant):
     model = train.build_model(config)
     assert model.output_shape == (None, config.num_classes)
     assert model.pool_type == config.model.pool_type
+
+
+@pytest.mark.parametrize(
+    "arg", ["dataset=digits", "dataset=imagenet2012,init=/tmp/x.npz,res=384"]
+)
+def test_transfer_configs_validate(arg):
+    from keras_scalevit.configs import transfer
+
+    train.validate_config(transfer.get_config(arg))
 
 
 def test_vit_g_config_values():
@@ -340,7 +352,262 @@ def test_fine_tune_from_keras_file_with_polyak_averaging(
     config.ema_momentum = 0.9
     config.evals.fewshot = {}
     first = train.main(config, str(tmp_path))
-    again = train.main(config, str(tmp_path))  # finished: re-evaluates only
+    # As if killed after the last checkpoint: the rerun restores the raw weights
+    # and the averages, and evaluates the averages again without training.
+    os.remove(tmp_path / "model.keras")
+    records = _read_jsonl(tmp_path / "metrics.jsonl")
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records if not r.get("final"))
+    again = train.main(config, str(tmp_path))
     assert again["val_prec@1"] == pytest.approx(first["val_prec@1"], abs=1e-6)
     model = keras.models.load_model(tmp_path / "model.keras")
     assert model.output_shape == (None, 10)
+
+
+# ---------------------------------------------------------------- the workdir
+
+
+def _copy_run(src, dst, names=("checkpoint.npz", "metrics.jsonl", "model.keras")):
+    os.makedirs(dst, exist_ok=True)
+    for name in names:
+        shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+    return str(dst)
+
+
+# (field, new value): every one changes what the run computes, so resuming the
+# tiny run under it must be refused, naming the field. (The tiny run has loss
+# softmax_xent, batch 32, seed 0, mixup p 0.2, lr 3e-3, rsqrt schedule, ...)
+REFUSED_CHANGES = [
+    ("loss", "sigmoid_xent"),
+    ("seed", 1),
+    ("input.batch_size", 16),
+    ("input.pp", digits.PP_EVAL + "|" + digits.LABELS),
+    ("input.shuffle_buffer_size", 100),
+    ("input.data.split", "test"),
+    ("mixup.p", 0.5),
+    ("lr", 1e-3),
+    ("wd", 0.0),
+    ("wd_mults", [(".*head/kernel", 1.0)]),
+    ("grad_clip_norm", 2.0),
+    ("schedule.timescale", 100),
+    ("schedule.decay_type", "cosine"),
+    ("optax.beta2_cap", 0.99),
+    ("optax.dtype_momentum", "float32"),
+    ("total_steps", 24),
+    ("model.width", 64),
+    ("model.depth", 2),
+    ("model.pool_type", "gap"),
+    ("model.dropout", 0.1),
+    ("model.dtype", "mixed_bfloat16"),
+    ("model_init", "/nonexistent/init.npz"),
+    ("init_head_bias", -10.0),
+    ("num_classes", 12),
+    ("image_size", 10),
+    ("ema_momentum", 0.9),
+    ("jit_compile", BACKEND == "torch"),  # the other choice than the default
+]
+
+
+def _set(config, dotted, value):
+    *parents, leaf = dotted.split(".")
+    node = config
+    for p in parents:
+        node = node[p]
+    with config.unlocked() if hasattr(config, "unlocked") else nullcontext():
+        node[leaf] = value
+
+
+@pytest.mark.parametrize(
+    "field, value", REFUSED_CHANGES, ids=[f for f, _ in REFUSED_CHANGES]
+)
+def test_resume_under_a_changed_result_field_is_refused(
+    finished_run, data_dir, tmp_path, field, value
+):
+    workdir = _copy_run(finished_run[0], tmp_path / "w")
+    path = os.path.join(workdir, "checkpoint.npz")
+    before = open(path, "rb").read()
+    config = tiny_config(data_dir)
+    old = config.get(field.split(".")[0])
+    for part in field.split(".")[1:]:
+        old = old[part] if old is not None else None
+    _set(config, field, value)
+    with pytest.raises(train.CheckpointError) as info:
+        train.main(config, workdir)
+    message = str(info.value)
+    assert path in message
+    differing = [line.strip() for line in message.splitlines()[1:] if "→" in line]
+    # The field itself (the config field, or what it resolves to) and only fields
+    # it determines; never the unchanged ones.
+    assert any(line.startswith(f"{field}:") for line in differing), message
+    assert not any(line.startswith(("seed:", "loss:")) for line in differing) or (
+        field in ("seed", "loss")
+    ), message
+    if old is not None and not isinstance(old, (list, tuple, dict)):
+        assert f"{field}: {old!r} → {value!r}" in message, message
+    # Refused before anything was written.
+    assert open(path, "rb").read() == before
+    assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def test_resume_from_a_checkpoint_of_another_backend_is_refused(
+    finished_run, data_dir, tmp_path
+):
+    workdir = _copy_run(finished_run[0], tmp_path / "w")
+    path = os.path.join(workdir, "checkpoint.npz")
+    meta, arrays = _ckpt_arrays(path)
+    other = "torch" if BACKEND != "torch" else "jax"
+    meta["fingerprint"]["backend"] = other
+    np.savez(path, __meta__=np.asarray(json.dumps(meta)), **arrays)
+    with pytest.raises(train.CheckpointError) as info:
+        train.main(tiny_config(data_dir), workdir)
+    differing = [
+        line.strip() for line in str(info.value).splitlines()[1:] if "→" in line
+    ]
+    assert differing == [f"backend: {other!r} → {BACKEND!r}"]
+
+
+def test_cadence_fields_may_change_on_resume_and_give_the_same_weights(
+    finished_run, data_dir, tmp_path, monkeypatch
+):
+    """Log, checkpoint, eval cadence and verbosity are not in the fingerprint."""
+
+    class Interrupted(Exception):
+        pass
+
+    save = train.TrainLoop.save
+
+    def save_then_stop(self):
+        save(self)
+        if self.step == 5:  # as if killed right after the first checkpoint
+            raise Interrupted
+
+    workdir = str(tmp_path / "w")
+    monkeypatch.setattr(train.TrainLoop, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        train.main(tiny_config(data_dir), workdir)
+    monkeypatch.undo()
+    assert _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))[0]["step"] == 5
+
+    config = tiny_config(data_dir)
+    config.log_training_steps = 3
+    config.ckpt_steps = 4
+    config.verbose = 2
+    config.evals.val.log_steps = 4
+    config.evals.fewshot.shots = (1,)
+    config.input.cache = False
+    final = train.main(config, workdir)
+    assert final["step"] == 12
+    _, full = _ckpt_arrays(os.path.join(finished_run[0], "checkpoint.npz"))
+    _, resumed = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))
+    assert full.keys() == resumed.keys()
+    for k in full:
+        if BACKEND == "jax":
+            np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
+        else:  # as in the SIGKILL test: XLA/TF and torch CPU kernels may reorder
+            np.testing.assert_allclose(
+                resumed[k], full[k], rtol=1e-5, atol=1e-6, err_msg=k
+            )
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["ckpt_steps"] == 4  # the accepted run's config
+
+
+def test_stale_checkpoint_temp_files_are_removed_at_start(
+    finished_run, data_dir, tmp_path
+):
+    workdir = _copy_run(finished_run[0], tmp_path / "w")
+    stale = [os.path.join(workdir, f"checkpoint.npz.tmp-{pid}") for pid in (123, 4567)]
+    for path in stale:
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+    train.main(tiny_config(data_dir), workdir)
+    assert not any(os.path.exists(p) for p in stale)
+    assert sorted(os.listdir(workdir)) == [
+        "checkpoint.npz",
+        "metrics.jsonl",
+        "model.keras",
+    ]
+
+
+def test_refused_resume_leaves_config_json_untouched(finished_run, data_dir, tmp_path):
+    workdir = _copy_run(finished_run[0], tmp_path / "w")
+    config_json = os.path.join(workdir, "config.json")
+    with open(config_json, "w") as f:
+        f.write('{"the": "original"}')
+    config = tiny_config(data_dir)
+    config.loss = "sigmoid_xent"
+    with pytest.raises(train.CheckpointError, match="loss"):
+        train.main(config, workdir)
+    with open(config_json) as f:
+        assert f.read() == '{"the": "original"}'
+
+
+def test_rerun_of_finished_run_rewrites_nothing(finished_run, data_dir, tmp_path):
+    workdir = _copy_run(finished_run[0], tmp_path / "w")
+    names = ("checkpoint.npz", "metrics.jsonl", "model.keras")
+    before = {n: open(os.path.join(workdir, n), "rb").read() for n in names}
+    mtimes = {n: os.stat(os.path.join(workdir, n)).st_mtime_ns for n in names}
+    again = train.main(tiny_config(data_dir), workdir)
+    assert again == _read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
+    assert again["final"] and again["step"] == 12 and "train_wall_s" in again
+    for n in names:
+        assert open(os.path.join(workdir, n), "rb").read() == before[n], n
+        assert os.stat(os.path.join(workdir, n)).st_mtime_ns == mtimes[n], n
+
+
+def test_run_killed_after_its_last_checkpoint_is_completed(
+    finished_run, data_dir, tmp_path
+):
+    """Final checkpoint written, but no final record / model.keras yet."""
+    workdir = _copy_run(finished_run[0], tmp_path / "w", names=("checkpoint.npz",))
+    records = _read_jsonl(os.path.join(finished_run[0], "metrics.jsonl"))
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+        for r in records[:-1]:
+            f.write(json.dumps(r) + "\n")
+    ckpt = open(os.path.join(workdir, "checkpoint.npz"), "rb").read()
+    final = train.main(tiny_config(data_dir), workdir)
+    assert open(os.path.join(workdir, "checkpoint.npz"), "rb").read() == ckpt
+    assert final["step"] == 12 and "train_wall_s" not in final  # nothing trained
+    assert final["val_prec@1"] == pytest.approx(records[-1]["val_prec@1"], abs=1e-6)
+    assert os.path.exists(os.path.join(workdir, "model.keras"))
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_help_answers_before_keras_and_tensorflow_load():
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keras_scalevit.train", "--help"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "--workdir" in result.stdout, result.stdout + result.stderr
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    # The default config file (configs/digits.py) was loaded, Keras was not.
+    assert "keras_scalevit.configs._common" in imported
+    assert not {"keras", "tensorflow", "jax", "torch"} & imported
+
+
+def test_tensorflow_loads_with_onednn_off():
+    """keras_scalevit sets TF_ENABLE_ONEDNN_OPTS=0 before anything imports TF."""
+    env = {k: v for k, v in _env().items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TF logs "oneDNN custom operations are on"
+    code = "import keras_scalevit.train, keras_scalevit.data, tensorflow"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "oneDNN custom operations are on" not in result.stderr
+
+
+def test_configs_spell_the_digits_name_of_the_data_package():
+    from keras_scalevit.configs import _common
+    from keras_scalevit.data import DIGITS_NAME
+
+    assert _common.DIGITS_NAME == DIGITS_NAME

@@ -2,6 +2,10 @@
 
 import ml_collections
 
+# keras_scalevit.data.DIGITS_NAME, spelled out: configs load before the flags are
+# parsed and must not import TensorFlow (tests/test_train.py checks they agree).
+DIGITS_NAME = "scalevit_digits"
+
 
 def parse_arg(arg, **defaults):
     """Parses ``"k=v,k2=v2"`` (or a bare value for the first key) into a ConfigDict.

@@ -36,7 +36,7 @@ small schedule changes.
 import ml_collections
 from ml_collections import config_dict
 
-from keras_scalevit.data import DIGITS_NAME
+from keras_scalevit.configs._common import DIGITS_NAME
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8

@@ -118,7 +118,7 @@ def get_config(arg=None):
     config.image_size = res
 
     if digits:
-        from keras_scalevit.data import DIGITS_NAME
+        from keras_scalevit.configs._common import DIGITS_NAME
 
         num_classes = 10
         pp = f"decode|resize({res})|value_range(-1, 1)|{_labels(num_classes)}"

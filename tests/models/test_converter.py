@@ -3,7 +3,13 @@
 import keras
 import numpy as np
 import pytest
-from conftest import BV_FIXTURES, load_fixture, model_fixture_names, rel_err
+from conftest import (
+    BV_FIXTURES,
+    fixture_path,
+    load_fixture,
+    model_fixture_names,
+    rel_err,
+)
 
 from keras_scalevit.convert import (
     from_big_vision,
@@ -104,7 +110,7 @@ def test_model_names_and_shapes_match_big_vision(bv_manifest, name):
 
 
 def test_scan_checkpoint_round_trips_to_loop_layout():
-    scan = from_big_vision(BV_FIXTURES / "models/vit_map_learn_scan.npz")
+    scan = from_big_vision(fixture_path("models/vit_map_learn_scan.npz"))
     loop = _bv_params("vit_map_learn.npz")
     back = to_big_vision(scan)
     assert sorted(back) == sorted(loop)

@@ -19,6 +19,7 @@ import pytest
 from conftest import (
     BV_FIXTURES,
     fixture_names,
+    fixture_path,
     load_fixture,
     model_fixture_names,
     rel_err,
@@ -206,15 +207,15 @@ def test_rectangular_sincos_image(bv_manifest):
 
 def test_scan_layout_equals_loop_layout():
     """The scan-stacked file is the loop file's weights with a leading depth axis."""
-    loop = normalize_checkpoint(BV_FIXTURES / "models/vit_map_learn.npz")
-    scan = normalize_checkpoint(BV_FIXTURES / "models/vit_map_learn_scan.npz")
+    loop = normalize_checkpoint(fixture_path("models/vit_map_learn.npz"))
+    scan = normalize_checkpoint(fixture_path("models/vit_map_learn_scan.npz"))
     assert sorted(loop) == sorted(scan)
     for k in loop:
         assert np.array_equal(loop[k], scan[k]), k
 
 
 def test_load_npz_reads_prefixes_untouched():
-    raw = load_npz(BV_FIXTURES / "models/vit_tok_learn_rep24_legacy.npz")
+    raw = load_npz(fixture_path("models/vit_tok_learn_rep24_legacy.npz"))
     assert any(k.startswith("opt/target/") for k in raw)
     assert "opt/target/Transformer/posembed_input/pos_embedding" in raw
     assert any(k.startswith("outputs/") for k in raw)

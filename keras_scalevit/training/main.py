@@ -1,0 +1,279 @@
+"""`main`: trains (or resumes, or finishes) the run a config describes."""
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_scalevit.training.checkpoint import Checkpointer
+from keras_scalevit.training.config import (
+    _get,
+    _to_dict,
+    build_model,
+    build_optimizer,
+    image_size_from_config,
+    jit_compile,
+    total_steps_from_config,
+    validate_config,
+)
+from keras_scalevit.training.fingerprint import run_fingerprint
+from keras_scalevit.training.loop import TrainLoop
+from keras_scalevit.training.metrics import METRICS_NAME, JsonLines, finished_record
+from keras_scalevit.training.plots import PLOT_NAME, plot_metrics
+
+MODEL_NAME = "model.keras"
+CONFIG_NAME = "config.json"
+
+
+def _first_group_lr(config, optimizer):
+    """Host-side ``lr * schedule(step)`` of the first variable group, for logs."""
+    lr = float(config.lr)
+    # The first group that trains (a `None` schedule entry freezes its group).
+    trained = [s for s in getattr(optimizer, "group_schedules", None) or () if s]
+    if not trained:
+        return lambda step: lr
+    schedule = trained[0]
+    return lambda step: lr * float(keras.ops.convert_to_numpy(schedule(step)))
+
+
+def _val_pp(val_cfg):
+    pp = val_cfg.get("pp_fn")
+    if not pp:
+        raise ValueError(
+            "config.evals.val needs `pp_fn`, the evaluation pp string (the training "
+            "pp string has random augmentations)."
+        )
+    return pp
+
+
+def main(config, workdir):
+    """Trains (or resumes) the run ``config`` describes in ``workdir``.
+
+    Args:
+        config: ``ml_collections.ConfigDict`` (see ``configs/digits.py``).
+        workdir: directory for checkpoints, metrics, plot and final model.
+
+    Returns:
+        dict of final metrics (``val_prec@1``, ``val_loss``, few-shot numbers,
+        ``step``).
+
+    Example:
+
+    The digits config for two steps (builds the digits set offline into
+    ``data_dir``; skipped in the doctests, it takes 10-20 s).
+    >>> import os, tempfile
+    >>> from keras_scalevit import training
+    >>> from keras_scalevit.configs import digits
+    >>> config = digits.get_config()
+    >>> config.total_steps, config.ckpt_steps, config.verbose = 2, 0, 0
+    >>> config.evals = None
+    >>> workdir = tempfile.mkdtemp()
+    >>> config.input.data.data_dir = os.path.join(workdir, "tfds")
+    >>> final = training.main(config, workdir)  # doctest: +SKIP
+    >>> final["step"]  # doctest: +SKIP
+    2
+    """
+    import keras_scalevit.data as kdata
+    from keras_scalevit import losses
+
+    validate_config(config)
+    if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
+        raise TypeError(f"`workdir` must be a directory path, got {workdir!r}.")
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoint.npz"))
+    ckpt_path = checkpointer.path
+    writer = JsonLines(os.path.join(workdir, METRICS_NAME))
+    for tmp in checkpointer.remove_stale() + writer.remove_stale():
+        print(f"Removed {tmp}, left by a write that was interrupted.")
+    seed = int(_get(config, "seed", 0))
+    data = config.input.data
+    data_dir = _get(data, "data_dir")
+    batch_size = int(config.input.batch_size)
+    num_train = kdata.get_num_examples(data.name, data.split, data_dir=data_dir)
+    total_steps = total_steps_from_config(config, num_train)
+    image_size = image_size_from_config(config)
+    loss = losses.get(config.loss)
+
+    # The optimizer (no variables yet) is all the fingerprint needs: a checkpoint
+    # from another configuration is refused before anything is built or written.
+    optimizer = build_optimizer(config, total_steps, data_size=num_train)
+    fingerprint = run_fingerprint(
+        config, optimizer, image_size=image_size, total_steps=total_steps
+    )
+    meta = None
+    if checkpointer.exists():
+        meta = checkpointer.metadata()
+        checkpointer.check(fingerprint)
+        recorded = finished_record(writer.path, total_steps)
+        if (
+            int(meta.get("step", -1)) >= total_steps
+            and recorded is not None
+            and os.path.exists(os.path.join(workdir, MODEL_NAME))
+        ):
+            print(
+                f"The run in {workdir} is finished (step {total_steps}); nothing "
+                "to do. Its results are in metrics.jsonl and model.keras; use a new "
+                "--workdir to train again."
+            )
+            return recorded
+
+    log_steps = int(_get(config, "log_training_steps", 50))
+    ckpt_steps = int(_get(config, "ckpt_steps", 0)) or None
+    evals = _to_dict(_get(config, "evals"))
+    val_cfg = evals.get("val") or {}
+    val_steps = int(val_cfg.get("log_steps") or 0) or None
+    # One progress-bar epoch divides both the validation and the checkpoint
+    # cadence: checkpoints then sit on epoch boundaries, and a resumed run walks
+    # through the same epochs (running means, validations) as an uninterrupted one.
+    steps_per_epoch = math.gcd(val_steps or 0, ckpt_steps or 0) or min(
+        total_steps, 1000
+    )
+    saved_step = 0 if meta is None else int(meta.get("step", 0))
+    if 0 < saved_step < total_steps:
+        # A resume under a changed cadence: the checkpoint's step must be an
+        # epoch boundary too. (Only the logged running means see the shorter
+        # epochs; the weights do not depend on them.)
+        steps_per_epoch = math.gcd(steps_per_epoch, saved_step)
+    steps_per_epoch = max(1, min(steps_per_epoch, total_steps))
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, image_size)
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        metrics=[keras.metrics.CategoricalAccuracy(name="prec@1")],
+        jit_compile=jit_compile(config),
+    )
+    optimizer.build(model.trainable_variables)
+
+    start_step = 0
+    if meta is not None:
+        start_step = checkpointer.restore(model, fingerprint)
+        print(f"Resumed from {ckpt_path} at step {start_step}/{total_steps}.")
+        writer.truncate_after(start_step)
+    elif os.path.exists(writer.path):
+        os.remove(writer.path)  # a run killed before its first checkpoint
+    # Only now, with the checkpoint (if any) accepted: the config of this run.
+    with open(os.path.join(workdir, CONFIG_NAME), "w") as f:
+        json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
+
+    val_ds = None
+    if val_cfg:
+        val_data = val_cfg.get("data") or {}
+        val_ds = kdata.make_eval_dataset(
+            val_data.get("name", data.name),
+            val_data.get("split", "test"),
+            _val_pp(val_cfg),
+            int(val_cfg.get("batch_size") or batch_size),
+            data_dir=val_data.get("data_dir", data_dir),
+            cache=bool(val_cfg.get("cache", False)),
+        )
+        # The pipeline's cardinality is unknown to tf.data; state it so Keras does
+        # not warn that the validation "input ran out of data".
+        val_batches = math.ceil(
+            kdata.get_num_examples(
+                val_data.get("name", data.name),
+                val_data.get("split", "test"),
+                data_dir=val_data.get("data_dir", data_dir),
+            )
+            / int(val_cfg.get("batch_size") or batch_size)
+        )
+        import tensorflow as tf
+
+        val_ds = val_ds.apply(tf.data.experimental.assert_cardinality(val_batches))
+
+    callbacks = [
+        TrainLoop(
+            start_step=start_step,
+            total_steps=total_steps,
+            log_steps=log_steps,
+            ckpt_steps=ckpt_steps,
+            ckpt_path=ckpt_path,
+            checkpointer=checkpointer,
+            fingerprint=fingerprint,
+            writer=writer,
+            lr_fn=_first_group_lr(config, optimizer),
+            examples_per_step=batch_size,
+        )
+    ]
+    fewshot_cfg = evals.get("fewshot")
+    fewshot_cb = None
+    if fewshot_cfg:
+        from keras_scalevit.evaluation import FewShotEvaluator
+
+        fewshot_cfg = dict(fewshot_cfg)
+        fewshot_cfg.setdefault("data_dir", data_dir)
+        for tfds_name, *_ in fewshot_cfg.get("datasets", {}).values():
+            kdata.get_builder(tfds_name, fewshot_cfg["data_dir"])  # prepare digits
+        fewshot_cb = FewShotEvaluator.from_config(
+            fewshot_cfg, pp_builder=kdata.get_preprocess_fn
+        )
+        callbacks.insert(0, fewshot_cb)
+
+    t0 = time.time()
+    trained = start_step < total_steps
+    if trained:
+        train_ds = kdata.make_dataset(
+            data.name,
+            data.split,
+            config.input.pp,
+            batch_size,
+            data_dir=data_dir,
+            seed=seed,
+            shuffle_buffer=int(_get(config.input, "shuffle_buffer_size", 50_000)),
+            cache=_get(config.input, "cache", False),
+            start_batch=start_step,
+            mixup_p=_get(_get(config, "mixup"), "p") or None,
+        )
+        val_freq = (val_steps or steps_per_epoch) // steps_per_epoch
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            initial_epoch=start_step // steps_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            callbacks=callbacks,
+            validation_data=val_ds,
+            validation_freq=val_freq,
+            verbose=_get(config, "verbose", 1),
+            shuffle=False,  # make_dataset shuffles (seeded, resumable)
+        )
+    else:  # killed after its last checkpoint: evaluate and write the results
+        if getattr(optimizer, "use_ema", False):
+            # `fit` writes the Polyak averages into the model at its end; the
+            # checkpoint holds the raw weights and the averages.
+            optimizer.finalize_variable_values(model.trainable_variables)
+        if fewshot_cb is not None:
+            fewshot_cb.set_model(model)
+            fewshot_cb.on_train_begin()
+            fewshot_cb.on_train_end()
+    if getattr(optimizer, "use_ema", False):
+        # finalize_variable_values makes each weight share its buffer with the
+        # average; on JAX a later compiled call donates the weight's buffer and
+        # leaves the optimizer's average deleted. Give the weights their own copy.
+        for v in model.trainable_variables:
+            v.assign(keras.ops.copy(v.value))
+    train_wall = time.time() - t0
+
+    final = {"step": start_step if start_step >= total_steps else total_steps}
+    if val_ds is not None:
+        results = model.evaluate(val_ds, return_dict=True, verbose=0)
+        final.update({f"val_{k}": float(v) for k, v in results.items()})
+    if fewshot_cb is not None and fewshot_cb.history:
+        results = fewshot_cb._loggable(fewshot_cb.history[-1]["results"])
+        final.update({k: float(v) for k, v in results.items() if np.isscalar(v)})
+    final["final"] = True
+    if trained:  # this process's training time (from the restart, if resumed)
+        final["train_wall_s"] = round(train_wall, 2)
+    writer.write(final)
+    model.save(os.path.join(workdir, MODEL_NAME))
+    plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+    msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
+    print(f"Final (step {final['step']}): {msg}")
+    if "val_prec@1" in final:
+        print(f"Final test accuracy: {final['val_prec@1']:.4f}")
+    return final
