@@ -8,6 +8,7 @@ import time
 import keras
 import numpy as np
 
+from keras_scalevit.models.preset_utils import save_trained_preset
 from keras_scalevit.training.checkpoint import Checkpointer
 from keras_scalevit.training.config import (
     _get,
@@ -25,6 +26,7 @@ from keras_scalevit.training.metrics import METRICS_NAME, JsonLines, finished_re
 from keras_scalevit.training.plots import PLOT_NAME, plot_metrics
 
 MODEL_NAME = "model.keras"
+PRESET_NAME = "preset"
 CONFIG_NAME = "config.json"
 
 
@@ -271,6 +273,14 @@ def main(config, workdir):
         final["train_wall_s"] = round(train_wall, 2)
     writer.write(final)
     model.save(os.path.join(workdir, MODEL_NAME))
+    # The trained model as a preset (keras-hub layout, with its preprocessor):
+    # `ViTClassifier.from_preset(workdir + "/preset")`.
+    save_trained_preset(
+        model,
+        config,
+        os.path.join(workdir, PRESET_NAME),
+        metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
+    )
     plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
     msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
     print(f"Final (step {final['step']}): {msg}")
