@@ -14,6 +14,7 @@ without allocating a weight, and `per_device_bytes` adds up what each device hol
 under a distribution: how ViT-G/14 is shown to fit without the memory to build it.
 """
 
+import contextlib
 import math
 
 import keras
@@ -290,13 +291,35 @@ def abstract_model(builder, distribution=None):
     >>> model.count_params() == count_params("G/14")  # 1.84 billion, not allocated
     True
     """
-    if distribution is None:
-        with keras.StatelessScope(initialize_variables=False):
-            return builder()
-    with distribution.scope(), keras.StatelessScope(initialize_variables=False):
+    with _uninitialized_scope(distribution):
         model = builder()
-        _assign_layouts(model.weights, distribution)
+        if distribution is not None:
+            _assign_layouts(model.weights, distribution)
     return model
+
+
+@contextlib.contextmanager
+def _uninitialized_scope(distribution):
+    """A `keras.StatelessScope` whose variables stay uninitialised for good.
+
+    Keras keeps variables created in such a scope in a global list and
+    initialises them all when any later stateless scope closes (Keras' own
+    shape inference opens one): an abstract G/14 would then be allocated, on
+    the layouts' devices, by an unrelated model's build. They are taken off that
+    list here.
+    """
+    from keras.src.backend.common import global_state
+
+    key = "uninitialized_variables"
+    before = list(global_state.get_global_attribute(key, []) or [])
+    try:
+        with contextlib.ExitStack() as stack:
+            if distribution is not None:
+                stack.enter_context(distribution.scope())
+            stack.enter_context(keras.StatelessScope(initialize_variables=False))
+            yield
+    finally:
+        global_state.set_global_attribute(key, before)
 
 
 def _assign_layouts(variables, distribution):
@@ -342,13 +365,10 @@ def abstract_optimizer_state(optimizer, model, distribution=None):
             "abstract_optimizer_state needs the JAX (or torch) backend: TensorFlow "
             "optimizers cannot be built on uninitialised variables."
         )
-    if distribution is None:
-        with keras.StatelessScope(initialize_variables=False):
-            optimizer.build(model.trainable_variables)
-        return optimizer.variables
-    with distribution.scope(), keras.StatelessScope(initialize_variables=False):
+    with _uninitialized_scope(distribution):
         optimizer.build(model.trainable_variables)
-        _assign_layouts(optimizer.variables, distribution)
+        if distribution is not None:
+            _assign_layouts(optimizer.variables, distribution)
     return optimizer.variables
 
 

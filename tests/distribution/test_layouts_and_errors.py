@@ -166,3 +166,21 @@ def test_g14_fits_fsdp_on_8_devices_without_allocating():
     assert params_dev + state_dev <= 1.02 * total / 8, (params_dev + state_dev) / total
     # Every slot carries the layout the optimizer derived from its variable.
     assert all(v._layout is not None for v in slots)
+
+
+def test_abstract_models_stay_unallocated_when_other_models_build():
+    # Keras initialises every variable left in a non-initialising stateless scope
+    # when the next stateless scope closes (shape inference opens one); an
+    # abstract model must never be allocated that way, here on fake devices.
+    from keras.src.backend.common import global_state
+
+    from keras_scalevit.distribution import abstract_model
+    from keras_scalevit.models import ViTClassifier
+
+    g14 = abstract_model(
+        lambda: ViTClassifier.from_variant("G/14", num_classes=10, pool_type="map")
+    )
+    assert not global_state.get_global_attribute("uninitialized_variables")
+    small = ViTClassifier.from_variant("mu/8", num_classes=3, image_size=16)
+    assert small(np.zeros((1, 16, 16, 3), "float32")).shape == (1, 3)
+    assert all(v._value is None for v in g14.weights[:3])
