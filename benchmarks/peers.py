@@ -1,0 +1,690 @@
+"""Our ViT against its peers: train-step and inference time, and XLA's compiled cost.
+
+One worker process per framework (ours on each Keras backend, big_vision's Flax ViT,
+timm's ViT, keras-hub's ViT); the parent runs the items in interleaved rounds, one
+worker at a time, so a drift of the machine hits every framework alike, and reports
+each framework's median time relative to a reference (big_vision when present).
+
+Items (224 px, 1000 classes, float32):
+
+- ``train_s16_adamw_gap``: ViT-S/16 train step, batch 8, AdamW, global average pool.
+- ``train_s16_adafactor_gap`` / ``train_s16_adafactor_map``: the same with the
+  paper's Adafactor (bf16 momentum, factored second moment, β2 cap 0.999,
+  decoupled weight decay, global-norm clipping at 1), GAP or MAP head. Each
+  framework uses its own implementation (ours: `keras_scalevit.optimizers.Adafactor`;
+  big_vision: ``big_vision.optax.scale_by_adafactor``; timm: ``AdafactorBigVision``).
+- ``infer_b16_b8`` / ``infer_b16_b32``: ViT-B/16 forward, batch 8 / 32.
+
+For every JAX step (ours on JAX, big_vision, keras-hub on JAX) it also reports what
+XLA compiled: FLOPs and bytes accessed (``cost_analysis()``) and the largest fusion
+(instructions in the optimised HLO). Outputs ``results.json``, ``results.md`` (the
+tables) and ``results.png`` (a bar chart) in ``--out``.
+
+Peers are optional (``pip install -e ".[bench]"``): big_vision needs flax, optax and
+a checkout of google-research/big_vision given by ``--big-vision-dir`` or the
+``BIG_VISION_DIR`` environment variable; timm needs timm (and a torchvision that
+matches the installed torch); keras-hub needs keras-hub. A missing peer is skipped
+with a message.
+
+    python benchmarks/peers.py --big-vision-dir=/path/to/big_vision   # full run
+    python benchmarks/peers.py --quick       # one tiny item per framework, ~1-2 min
+    python benchmarks/peers.py --gpu         # bf16 ViT-L/16 train step and MFU
+
+``--gpu`` times a bfloat16 ViT-L/16 train step (batch 32, Adafactor) and reports the
+model FLOP utilisation against the matmul peak each framework measures on the device
+(a large bf16 matmul); it needs an accelerator.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+FRAMEWORKS = (
+    "big_vision",
+    "ours-jax",
+    "ours-tensorflow",
+    "ours-torch",
+    "timm",
+    "keras-hub",
+)
+# width, depth, heads, mlp_dim (big_vision's variants).
+VARIANTS = {
+    "Ti": (192, 12, 3, 768),
+    "S": (384, 12, 6, 1536),
+    "B": (768, 12, 12, 3072),
+    "L": (1024, 24, 16, 4096),
+}
+
+
+def _train(variant, batch, opt, pool, image=224, dtype="float32"):
+    return dict(
+        kind="train", variant=variant, batch=batch, opt=opt, pool=pool, image=image,
+        dtype=dtype,
+    )  # fmt: skip
+
+
+def _infer(variant, batch, image=224, dtype="float32"):
+    return dict(
+        kind="infer", variant=variant, batch=batch, pool="gap", image=image, dtype=dtype
+    )
+
+
+ITEMS = {
+    "train_s16_adamw_gap": _train("S/16", 8, "adamw", "gap"),
+    "train_s16_adafactor_gap": _train("S/16", 8, "adafactor", "gap"),
+    "train_s16_adafactor_map": _train("S/16", 8, "adafactor", "map"),
+    "infer_b16_b8": _infer("B/16", 8),
+    "infer_b16_b32": _infer("B/16", 32),
+}
+QUICK_ITEMS = {"train_ti16_64px_adamw_gap": _train("Ti/16", 2, "adamw", "gap", 64)}
+GPU_ITEMS = {"train_l16_bf16_adafactor": _train("L/16", 32, "adafactor", "gap", 224, "bfloat16")}  # fmt: skip
+
+LR, WD, CLIP = 1e-3, 1e-4, 1.0
+
+
+class Skip(Exception):
+    """A framework or item that cannot run here (missing package, unsupported head)."""
+
+
+def _dims(variant):
+    name, patch = variant.split("/")
+    return (*VARIANTS[name], int(patch))
+
+
+def forward_flops(item):
+    """Matmul FLOPs of one forward pass (2 per multiply-add), for MFU."""
+    width, depth, _, mlp, patch = _dims(item["variant"])
+    tokens = (item["image"] // patch) ** 2
+    per_token = 2 * (
+        patch * patch * 3 * width + depth * (4 * width**2 + 2 * width * mlp)
+    )
+    attention = depth * 2 * 2 * tokens * tokens * width
+    head = 2 * width * 1000
+    return item["batch"] * (tokens * per_token + attention + head)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _fusion_stats(hlo_text):
+    """Number of fusions and instructions in the largest one, from optimised HLO."""
+    sizes, count = [], None
+    for line in hlo_text.splitlines():
+        if count is None:
+            head = line.split("(")[0]
+            if line[:1] not in (" ", "") and "{" in line and "fus" in head:
+                count = 0
+        elif line.startswith("}"):
+            sizes.append(count)
+            count = None
+        elif line.strip():
+            count += 1
+    return {"fusions": len(sizes), "largest_fusion": max(sizes, default=0)}
+
+
+def _jax_cost(jitted, *args):
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {
+        "flops": float(cost.get("flops", 0.0)),
+        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+        **_fusion_stats(compiled.as_text()),
+    }
+
+
+def _data(item, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n, size = item["batch"], item["image"]
+    x = rng.uniform(-1, 1, (n, size, size, 3)).astype("float32")
+    labels = rng.integers(0, 1000, n)
+    return x, np.eye(1000, dtype="float32")[labels], labels
+
+
+def _keras_runner(framework, item, torch_compile=False):
+    import keras
+
+    backend = keras.backend.backend()
+    width, depth, heads, mlp, patch = _dims(item["variant"])
+    dtype = "mixed_bfloat16" if item["dtype"] == "bfloat16" else "float32"
+    if framework == "keras-hub":
+        try:
+            import keras_hub
+        except ImportError as e:
+            raise Skip(f"keras-hub not installed ({e})") from e
+        if item["pool"] != "gap":
+            raise Skip("keras-hub's ViTBackbone has no MAP head")
+        backbone = keras_hub.models.ViTBackbone(
+            image_shape=(item["image"], item["image"], 3),
+            patch_size=patch,
+            num_layers=depth,
+            num_heads=heads,
+            hidden_dim=width,
+            mlp_dim=mlp,
+            dtype=dtype,
+        )
+        logits = keras.layers.Dense(1000, dtype="float32")(backbone.output[:, 0])
+        model = keras.Model(backbone.input, logits)
+    else:
+        import keras_scalevit
+
+        model = keras_scalevit.models.ViTClassifier.from_variant(
+            item["variant"],
+            num_classes=1000,
+            image_size=item["image"],
+            pool_type=item["pool"],
+            dtype=dtype,
+        )
+    x, y, _ = _data(item)
+    x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
+    jit = torch_compile if backend == "torch" else True
+    info = {}
+    if item["kind"] == "train":
+        if item["opt"] == "adamw":
+            opt = keras.optimizers.AdamW(LR, weight_decay=WD)
+        else:
+            import keras_scalevit
+
+            opt = keras_scalevit.optimizers.Adafactor(
+                LR, weight_decay=WD, global_clipnorm=CLIP
+            )
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer=opt, loss=loss, jit_compile=jit)
+
+        def step():
+            model.train_on_batch(x, y)
+
+        step()
+        if backend == "jax":
+            import jax
+
+            state = (
+                [v.value for v in model.trainable_variables],
+                [v.value for v in model.non_trainable_variables],
+                [v.value for v in model.optimizer.variables],
+                [v.value for v in model.metrics_variables],
+            )
+            info["hlo"] = _jax_cost(jax.jit(model.train_step), state, (x, y))
+    else:
+        model.compile(jit_compile=jit)
+
+        def step():
+            keras.ops.convert_to_numpy(model.predict_on_batch(x))
+
+        step()
+        if backend == "jax":
+            import jax
+
+            tv = [v.value for v in model.trainable_variables]
+            ntv = [v.value for v in model.non_trainable_variables]
+            fwd = jax.jit(lambda tv, x: model.stateless_call(tv, ntv, x)[0])
+            info["hlo"] = _jax_cost(fwd, tv, x)
+    return step, info
+
+
+def _big_vision_runner(item, big_vision_dir):
+    if not big_vision_dir or not os.path.isdir(
+        os.path.join(big_vision_dir, "big_vision")
+    ):
+        raise Skip(
+            "big_vision checkout not given: pass --big-vision-dir or set BIG_VISION_DIR "
+            "(a clone of github.com/google-research/big_vision)"
+        )
+    sys.path.insert(0, big_vision_dir)
+    try:
+        import big_vision.models.vit as bv_vit
+        import big_vision.optax as bv_optax
+        import jax
+        import jax.numpy as jnp
+        import optax
+    except ImportError as e:
+        raise Skip(
+            f"big_vision's dependencies missing ({e}); pip install flax optax"
+        ) from e
+
+    dtype_mm = "bfloat16" if item["dtype"] == "bfloat16" else "float32"
+    model = bv_vit.Model(
+        num_classes=1000,
+        variant=item["variant"],
+        pool_type=item["pool"],
+        dtype_mm=dtype_mm,
+    )
+    x, y, _ = _data(item)
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
+    info = {}
+    if item["kind"] == "infer":
+        fwd = jax.jit(lambda p, x: model.apply({"params": p}, x)[0])
+
+        def step():
+            fwd(params, x).block_until_ready()
+
+        step()
+        info["hlo"] = _jax_cost(fwd, params, x)
+        return step, info
+
+    if item["opt"] == "adamw":
+        tx = optax.adamw(LR, weight_decay=WD)
+    else:
+        tx = optax.chain(
+            optax.clip_by_global_norm(CLIP),
+            bv_optax.scale_by_adafactor(),
+            optax.add_decayed_weights(WD),
+            optax.scale(-LR),
+        )
+
+    def loss_fn(p, x, y):
+        logits, _ = model.apply({"params": p}, x, train=True)
+        return jnp.mean(-jnp.sum(jax.nn.log_softmax(logits) * y, axis=-1))
+
+    def update(p, s, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s, loss
+
+    update_jit = jax.jit(update, donate_argnums=(0, 1))
+    state = {"params": params, "opt": tx.init(params)}
+    info["hlo"] = _jax_cost(jax.jit(update), state["params"], state["opt"], x, y)
+
+    def step():
+        state["params"], state["opt"], loss = update_jit(
+            state["params"], state["opt"], x, y
+        )
+        loss.block_until_ready()
+
+    step()
+    return step, info
+
+
+def _timm_runner(item):
+    try:
+        import timm
+        import torch
+        from timm.models.vision_transformer import VisionTransformer
+    except Exception as e:  # timm imports torchvision, which can fail to load
+        raise Skip(f"timm not importable ({type(e).__name__}: {e})") from e
+
+    width, depth, heads, mlp, patch = _dims(item["variant"])
+    model = VisionTransformer(
+        img_size=item["image"],
+        patch_size=patch,
+        embed_dim=width,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp / width,
+        num_classes=1000,
+        class_token=False,
+        global_pool="avg" if item["pool"] == "gap" else "map",
+        fc_norm=False,
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    x, _, labels = _data(item)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().to(device)
+    labels = torch.from_numpy(labels).to(device)
+    autocast = torch.autocast(
+        device, torch.bfloat16, enabled=item["dtype"] == "bfloat16"
+    )
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if item["kind"] == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast:
+                model(x)
+            sync()
+
+        step()
+        return step, {"timm": timm.__version__}
+
+    if item["opt"] == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WD)
+    else:
+        opt = timm.optim.AdafactorBigVision(model.parameters(), lr=LR, weight_decay=WD)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = torch.nn.functional.cross_entropy(model(x), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        sync()
+
+    step()
+    return step, {"timm": timm.__version__}
+
+
+def _matmul_peak(framework):
+    """Measured bf16 matmul FLOP/s of the device (8192² × 8192²), for MFU."""
+    n, reps = 8192, 10
+    if framework in ("big_vision", "ours-jax", "keras-hub"):
+        import jax
+        import jax.numpy as jnp
+
+        a = jnp.ones((n, n), jnp.bfloat16)
+        mm = jax.jit(lambda a: a @ a)
+        mm(a).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(reps):
+            out = mm(a)
+        out.block_until_ready()
+    elif framework in ("ours-torch", "timm"):
+        import torch
+
+        a = torch.ones((n, n), dtype=torch.bfloat16, device="cuda")
+        a @ a
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ a
+        torch.cuda.synchronize()
+    else:
+        import tensorflow as tf
+
+        a = tf.ones((n, n), tf.bfloat16)
+        mm = tf.function(lambda a: tf.matmul(a, a), jit_compile=True)
+        mm(a).numpy()
+        start = time.perf_counter()
+        for _ in range(reps):
+            out = mm(a)
+        out.numpy()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def worker(framework, items, big_vision_dir, torch_compile):
+    """Builds every item, then answers ``run`` requests on stdin with timings."""
+    if framework.startswith("ours-") or framework == "keras-hub":
+        backend = framework.split("-", 1)[1] if framework.startswith("ours-") else "jax"
+        os.environ["KERAS_BACKEND"] = backend
+        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+    def reply(obj):
+        sys.__stdout__.write(json.dumps(obj) + "\n")
+        sys.__stdout__.flush()
+
+    sys.stdout = sys.stderr  # frameworks' prints must not break the protocol
+    steps, infos = {}, {}
+    for name, item in items.items():
+        start = time.perf_counter()
+        try:
+            if framework == "big_vision":
+                step, info = _big_vision_runner(item, big_vision_dir)
+            elif framework == "timm":
+                step, info = _timm_runner(item)
+            else:
+                step, info = _keras_runner(framework, item, torch_compile)
+            steps[name] = step
+            info["setup_s"] = round(time.perf_counter() - start, 1)
+        except Skip as e:
+            info = {"skipped": str(e)}
+        infos[name] = info
+    if items and "gpu" in os.environ.get("SCALEVIT_BENCH_MODE", ""):
+        for info in infos.values():
+            info["matmul_peak_flops"] = _matmul_peak(framework)
+            break
+    reply({"ready": infos})
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        step = steps[cmd["item"]]
+        start = time.perf_counter()
+        for _ in range(cmd["steps"]):
+            step()
+        reply({"seconds": (time.perf_counter() - start) / cmd["steps"]})
+
+
+# ------------------------------------------------------------------------------ parent
+
+
+def summarise(items, times, infos, reference):
+    """Median seconds per item and framework, and each median / the reference's.
+
+    ``times[item][framework]`` is a list of per-step seconds (one per round). The
+    reference is ``reference`` when it ran the item, else the fastest framework.
+    """
+    rows = {}
+    for name in items:
+        runs = {fw: ts for fw, ts in times.get(name, {}).items() if ts}
+        if not runs:
+            continue
+        med = {fw: statistics.median(ts) for fw, ts in runs.items()}
+        ref = reference if reference in med else min(med, key=med.get)
+        rows[name] = {
+            "reference": ref,
+            "median_s": med,
+            "ratio": {fw: m / med[ref] for fw, m in med.items()},
+            "rounds": {fw: len(ts) for fw, ts in runs.items()},
+        }
+        if items[name]["kind"] == "infer":
+            rows[name]["images_per_s"] = {
+                fw: items[name]["batch"] / m for fw, m in med.items()
+            }
+        peaks = {
+            fw: infos.get(fw, {}).get(name, {}).get("matmul_peak_flops") for fw in med
+        }
+        if any(peaks.values()):
+            flops = 3 * forward_flops(items[name])
+            rows[name]["mfu"] = {
+                fw: flops / med[fw] / peaks[fw] for fw in med if peaks.get(fw)
+            }
+    return rows
+
+
+def markdown(items, rows, infos, frameworks):
+    """The timing table (ms or img/s, × reference) and the compiled-cost table."""
+    cols = [fw for fw in frameworks if any(fw in r["median_s"] for r in rows.values())]
+    out = ["| item | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, row in rows.items():
+        cells = []
+        for fw in cols:
+            if fw not in row["median_s"]:
+                cells.append("—")
+            elif items[name]["kind"] == "infer":
+                ips = row["images_per_s"][fw]
+                cells.append(f"{ips:.2f} img/s ({row['ratio'][fw]:.2f}×)")
+            else:
+                ms = 1e3 * row["median_s"][fw]
+                cells.append(f"{ms:.0f} ms ({row['ratio'][fw]:.2f}×)")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Ratios: time relative to the row's reference (`" + "`, `".join(
+        sorted({r["reference"] for r in rows.values()})) + "`); lower is faster.")  # fmt: skip
+    hlo = [
+        (name, fw, info["hlo"])
+        for fw in frameworks
+        for name, info in infos.get(fw, {}).items()
+        if "hlo" in info
+    ]
+    if hlo:
+        out += [
+            "",
+            "| item | framework | GFLOP | GB accessed | bytes/FLOP | fusions | largest fusion |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, fw, h in sorted(hlo):
+            out.append(
+                f"| {name} | {fw} | {h['flops'] / 1e9:.1f} | "
+                f"{h['bytes_accessed'] / 1e9:.3f} | "
+                f"{h['bytes_accessed'] / max(h['flops'], 1):.4f} | "
+                f"{h['fusions']} | {h['largest_fusion']} |"
+            )
+    mfu = [(n, r["mfu"]) for n, r in rows.items() if r.get("mfu")]
+    for name, vals in mfu:
+        out.append("")
+        out.append(
+            f"MFU {name}: " + ", ".join(f"{fw} {v:.1%}" for fw, v in vals.items())
+        )
+    return "\n".join(out) + "\n"
+
+
+def bar_chart(rows, frameworks, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [fw for fw in frameworks if any(fw in r["ratio"] for r in rows.values())]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 4))
+    width = 0.8 / max(len(cols), 1)
+    for i, fw in enumerate(cols):
+        xs = [j + i * width for j, r in enumerate(rows.values()) if fw in r["ratio"]]
+        ys = [r["ratio"][fw] for r in rows.values() if fw in r["ratio"]]
+        ax.bar(xs, ys, width, label=fw)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
+    ax.set_xticklabels(list(rows), rotation=15, fontsize=8)
+    ax.set_ylabel("time / reference (lower is faster)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _start(framework, items, args):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework]
+    cmd += ["--items", json.dumps(items)]
+    if args.big_vision_dir:
+        cmd += ["--big-vision-dir", args.big_vision_dir]
+    if args.torch_compile:
+        cmd += ["--torch-compile"]
+    env = dict(os.environ)
+    if args.gpu:
+        env["SCALEVIT_BENCH_MODE"] = "gpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+
+
+def _ask(proc, obj):
+    proc.stdin.write(json.dumps(obj) + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError("worker exited")
+    return json.loads(line)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one tiny item per framework")
+    p.add_argument("--gpu", action="store_true", help="bf16 ViT-L/16 step and MFU")
+    p.add_argument("--items", help="comma-separated item names (default: all)")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument("--reference", default="big_vision")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="timed steps per round")
+    p.add_argument("--big-vision-dir", default=os.environ.get("BIG_VISION_DIR"))
+    p.add_argument(
+        "--torch-compile",
+        action="store_true",
+        help="ours-torch with jit_compile=True (torch.compile)",
+    )
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        # --items carries the item definitions as JSON for a worker.
+        return worker(
+            args.worker, json.loads(args.items), args.big_vision_dir, args.torch_compile
+        )
+
+    items = GPU_ITEMS if args.gpu else QUICK_ITEMS if args.quick else ITEMS
+    if args.items:
+        pool = {**ITEMS, **QUICK_ITEMS, **GPU_ITEMS}
+        unknown = [n for n in args.items.split(",") if n not in pool]
+        if unknown:
+            raise ValueError(
+                f"`--items` must name items of {sorted(pool)}, got {unknown}."
+            )
+        items = {n: pool[n] for n in args.items.split(",")}
+    frameworks = [f for f in args.frameworks.split(",") if f]
+    bad = [f for f in frameworks if f not in FRAMEWORKS]
+    if bad:
+        raise ValueError(f"`--frameworks` must be among {FRAMEWORKS}, got {bad}.")
+    rounds = args.rounds or (2 if args.quick else 5)
+    steps = args.steps or (2 if args.quick else 3)
+
+    started = time.time()
+    procs, infos = {}, {}
+    for fw in frameworks:  # one at a time: set-ups (compiles) do not overlap
+        print(f"[{fw}] starting", flush=True)
+        proc = _start(fw, items, args)
+        line = proc.stdout.readline()
+        if not line:
+            print(f"[{fw}] SKIPPED: worker failed to start (see stderr above)")
+            continue
+        infos[fw] = json.loads(line)["ready"]
+        for name, info in infos[fw].items():
+            if "skipped" in info:
+                print(f"[{fw}] {name} SKIPPED: {info['skipped']}", flush=True)
+            else:
+                print(f"[{fw}] {name} ready in {info['setup_s']} s", flush=True)
+        if all("skipped" in i for i in infos[fw].values()):
+            _ask_quit(proc)
+        else:
+            procs[fw] = proc
+
+    times = {name: {fw: [] for fw in procs} for name in items}
+    for r in range(rounds):
+        order = (
+            list(procs)[r % max(len(procs), 1) :]
+            + list(procs)[: r % max(len(procs), 1)]
+        )
+        for name in items:
+            for fw in order:
+                if "skipped" in infos[fw][name]:
+                    continue
+                sec = _ask(procs[fw], {"cmd": "run", "item": name, "steps": steps})
+                times[name][fw].append(sec["seconds"])
+        print(f"round {r + 1}/{rounds} done", flush=True)
+    for proc in procs.values():
+        _ask_quit(proc)
+
+    rows = summarise(items, times, infos, args.reference)
+    table = markdown(items, rows, infos, frameworks)
+    os.makedirs(args.out, exist_ok=True)
+    result = {
+        "items": items,
+        "frameworks": frameworks,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "times_s": times,
+        "summary": rows,
+        "workers": infos,
+        "load_average": os.getloadavg(),
+        "cpu_count": os.cpu_count(),
+        "wall_s": round(time.time() - started, 1),
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(table)
+    if rows:
+        bar_chart(rows, frameworks, os.path.join(args.out, "results.png"))
+    print("\n" + table)
+    print(f"load average at the end: {os.getloadavg()}; results in {args.out}/")
+    return result
+
+
+def _ask_quit(proc):
+    try:
+        proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+        proc.stdin.flush()
+    except BrokenPipeError:
+        pass
+    proc.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()
