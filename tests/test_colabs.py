@@ -100,10 +100,17 @@ def test_normalize_removes_noise():
                 "source": ["print(1)\n", "x"],
                 "outputs": [
                     {"output_type": "stream", "name": "stdout", "text": "a\rb\n"},
+                    # Keras' progress bar: erase with backspaces, then \r,
+                    # arriving as separate outputs.
                     {
                         "output_type": "stream",
                         "name": "stdout",
-                        "text": "1/2 \x1b[1m━\x1b[0m\b\b\b\b\r2/2 done\n",
+                        "text": "1/2 \x1b[1m━\x1b[0m",
+                    },
+                    {
+                        "output_type": "stream",
+                        "name": "stdout",
+                        "text": ["\b\b\b\b\b\r", "2/2 done\n"],
                     },
                     {
                         "output_type": "execute_result",

@@ -68,15 +68,11 @@ def normalize(nb):
             out = dict(out)
             kind = out.get("output_type")
             if kind == "stream":
-                text = _collapse_carriage_returns(_ANSI.sub("", _text(out["text"])))
-                if (
-                    outputs
-                    and outputs[-1].get("output_type") == "stream"
-                    and (outputs[-1]["name"] == out["name"])
-                ):
-                    outputs[-1]["text"] = _collapse_carriage_returns(
-                        outputs[-1]["text"] + text
-                    )
+                # Merge first: a progress bar's erase-and-rewrite spans outputs.
+                text = _ANSI.sub("", _text(out["text"]))
+                last = outputs[-1] if outputs else {}
+                if last.get("output_type") == "stream" and last["name"] == out["name"]:
+                    last["text"] += text
                     continue
                 out["text"] = text
             elif kind in ("display_data", "execute_result"):
@@ -96,8 +92,9 @@ def normalize(nb):
             outputs.append(out)
         for out in outputs:
             if out.get("output_type") == "stream":
+                text = _collapse_carriage_returns(out["text"])
                 # Collapse blank runs left by collapsed progress bars.
-                out["text"] = re.sub(r"\n{3,}", "\n\n", out["text"])
+                out["text"] = re.sub(r"\n{3,}", "\n\n", text)
         cell["outputs"] = outputs
     return nb
 
