@@ -22,6 +22,11 @@ from keras_scalevit.training.config import (
 )
 from keras_scalevit.training.fingerprint import run_fingerprint
 from keras_scalevit.training.loop import TrainLoop
+from keras_scalevit.training.mesh import (
+    data_axis_size,
+    make_run_distribution,
+    maybe_initialize,
+)
 from keras_scalevit.training.metrics import METRICS_NAME, JsonLines, finished_record
 from keras_scalevit.training.plots import PLOT_NAME, plot_metrics
 
@@ -51,6 +56,29 @@ def _val_pp(val_cfg):
     return pp
 
 
+def _check_val_batches(config, val_cfg, distribution, data_dir):
+    """Under a mesh every validation batch, the last one too, must split evenly."""
+    data = data_axis_size(distribution)
+    if data == 1:
+        return
+    import keras_scalevit.data as kdata
+
+    val_data = val_cfg.get("data") or {}
+    batch = int(val_cfg.get("batch_size") or config.input.batch_size)
+    name = val_data.get("name", config.input.data.name)
+    split = val_data.get("split", "test")
+    n = kdata.get_num_examples(name, split, data_dir=val_data.get("data_dir", data_dir))
+    if batch % data or (n % batch) % data:
+        raise ValueError(
+            f"Under config.mesh (a data axis of {data} devices) every validation "
+            f"batch must divide by {data}: `config.evals.val.batch_size`={batch} on "
+            f"{n} examples of {name}:{split} leaves batches of {batch} and "
+            f"{n % batch or batch}. Use a batch size and a split (e.g. "
+            f"'{split}[:{n - n % data}]') that divide by {data}, or "
+            "config.evals.val=None."
+        )
+
+
 def main(config, workdir):
     """Trains (or resumes) the run ``config`` describes in ``workdir``.
 
@@ -78,12 +106,29 @@ def main(config, workdir):
     >>> final["step"]  # doctest: +SKIP
     2
     """
-    import keras_scalevit.data as kdata
-    from keras_scalevit import losses
-
     validate_config(config)
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
         raise TypeError(f"`workdir` must be a directory path, got {workdir!r}.")
+    # Multi-host (a TPU pod, or JAX_COORDINATOR_ADDRESS set): join the other
+    # processes before anything asks for the devices.
+    maybe_initialize(config)
+    image_size = image_size_from_config(config)
+    # config.mesh: Keras' distribution, checked against the model (built without
+    # weights) before anything is written; model and optimizer are then created
+    # under it, sharded, and `fit` splits the input over its data axis.
+    distribution = make_run_distribution(
+        config, lambda: build_model(config, image_size)
+    )
+    if distribution is None:
+        return _main(config, workdir, None)
+    with distribution.scope():
+        return _main(config, workdir, distribution)
+
+
+def _main(config, workdir, distribution):
+    import keras_scalevit.data as kdata
+    from keras_scalevit import losses
+
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoint.npz"))
@@ -167,6 +212,7 @@ def main(config, workdir):
     val_ds = None
     if val_cfg:
         val_data = val_cfg.get("data") or {}
+        _check_val_batches(config, val_cfg, distribution, data_dir)
         val_ds = kdata.make_eval_dataset(
             val_data.get("name", data.name),
             val_data.get("split", "test"),
