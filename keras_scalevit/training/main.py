@@ -9,7 +9,6 @@ import keras
 import numpy as np
 
 from keras_scalevit.models.preset_utils import save_trained_preset
-from keras_scalevit.training.checkpoint import Checkpointer
 from keras_scalevit.training.config import (
     _get,
     _to_dict,
@@ -28,6 +27,7 @@ from keras_scalevit.training.mesh import (
     maybe_initialize,
 )
 from keras_scalevit.training.metrics import METRICS_NAME, JsonLines, finished_record
+from keras_scalevit.training.orbax_checkpoint import make_checkpointer
 from keras_scalevit.training.plots import PLOT_NAME, plot_metrics
 
 MODEL_NAME = "model.keras"
@@ -131,7 +131,9 @@ def _main(config, workdir, distribution):
 
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoint.npz"))
+    # Orbax (sharded, every process its shards) under a mesh on JAX, else the
+    # single checkpoint.npz; the same interface either way.
+    checkpointer = make_checkpointer(workdir, distribution)
     ckpt_path = checkpointer.path
     writer = JsonLines(os.path.join(workdir, METRICS_NAME))
     for tmp in checkpointer.remove_stale() + writer.remove_stale():

@@ -64,7 +64,10 @@ def _losses(out, name):
 
 def _weights(out, name):
     """The final checkpoint's model variables by path (the optimizer's too)."""
-    with np.load(out / name / "checkpoint.npz", allow_pickle=False) as z:
+    # One device writes checkpoint.npz; a mesh writes Orbax (``checkpoint/``),
+    # which the worker exported, read by Orbax itself, to the same layout.
+    path = out / name / ("checkpoint.npz" if name == "single" else "exported.npz")
+    with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["__meta__"]))
         assert meta["step"] == STEPS
         arrays = {}

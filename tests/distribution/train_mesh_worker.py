@@ -58,6 +58,39 @@ def run(out, name, data_dir, strategy=None, shape=None, interrupt=False):
     finally:
         TrainLoop.save = save
     print(f"{name}: {time.time() - t:.1f}s", flush=True)
+    if strategy is not None:
+        export_orbax(workdir)
+
+
+def export_orbax(workdir):
+    """Copies the run's Orbax checkpoint into ``checkpoint.npz``'s layout for the test.
+
+    Read with Orbax itself (not our restore), each array gathered here.
+    """
+    import json
+
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    directory = os.path.join(workdir, "checkpoint")
+    assert not os.path.exists(os.path.join(workdir, "checkpoint.npz"))
+    mngr = ocp.CheckpointManager(directory, item_names=("state", "meta"))
+    step = mngr.latest_step()
+    got = mngr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
+        ),
+    )
+    arrays = {"__meta__": np.asarray(json.dumps(dict(got["meta"])))}
+    for group in ("model", "optimizer"):
+        for i, a in enumerate(got["state"][group]):
+            a = np.asarray(a)
+            arrays[f"{group}/{i}"] = (
+                a.view(np.uint16) if a.dtype.name == "bfloat16" else a
+            )
+    np.savez(os.path.join(workdir, "exported.npz"), **arrays)
+    mngr.close()
 
 
 if __name__ == "__main__":
