@@ -56,6 +56,28 @@ def _val_pp(val_cfg):
     return pp
 
 
+def _is_primary():
+    """Whether this process writes the run's files (process 0 of a multi-host run)."""
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
+class _ReadOnlyLines(JsonLines):
+    """The metrics log as the other processes of a multi-host run see it: read-only."""
+
+    def write(self, record):
+        pass
+
+    def truncate_after(self, step):
+        pass
+
+    def remove_stale(self):
+        return []
+
+
 def _check_val_batches(config, val_cfg, distribution, data_dir):
     """Under a mesh every validation batch, the last one too, must split evenly."""
     data = data_axis_size(distribution)
@@ -135,8 +157,14 @@ def _main(config, workdir, distribution):
     # single checkpoint.npz; the same interface either way.
     checkpointer = make_checkpointer(workdir, distribution)
     ckpt_path = checkpointer.path
-    writer = JsonLines(os.path.join(workdir, METRICS_NAME))
-    for tmp in checkpointer.remove_stale() + writer.remove_stale():
+    # Several processes (a pod): all train and save their checkpoint shards, the
+    # first writes the files (metrics, config, model, preset, plot).
+    primary = _is_primary()
+    writer = (JsonLines if primary else _ReadOnlyLines)(
+        os.path.join(workdir, METRICS_NAME)
+    )
+    stale = checkpointer.remove_stale() + writer.remove_stale() if primary else []
+    for tmp in stale:
         print(f"Removed {tmp}, left by a write that was interrupted.")
     seed = int(_get(config, "seed", 0))
     data = config.input.data
@@ -205,11 +233,12 @@ def _main(config, workdir, distribution):
         start_step = checkpointer.restore(model, fingerprint)
         print(f"Resumed from {ckpt_path} at step {start_step}/{total_steps}.")
         writer.truncate_after(start_step)
-    elif os.path.exists(writer.path):
+    elif primary and os.path.exists(writer.path):
         os.remove(writer.path)  # a run killed before its first checkpoint
     # Only now, with the checkpoint (if any) accepted: the config of this run.
-    with open(os.path.join(workdir, CONFIG_NAME), "w") as f:
-        json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
+    if primary:
+        with open(os.path.join(workdir, CONFIG_NAME), "w") as f:
+            json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
 
     val_ds = None
     if val_cfg:
@@ -320,16 +349,17 @@ def _main(config, workdir, distribution):
     if trained:  # this process's training time (from the restart, if resumed)
         final["train_wall_s"] = round(train_wall, 2)
     writer.write(final)
-    model.save(os.path.join(workdir, MODEL_NAME))
-    # The trained model as a preset (keras-hub layout, with its preprocessor):
-    # `ViTClassifier.from_preset(workdir + "/preset")`.
-    save_trained_preset(
-        model,
-        config,
-        os.path.join(workdir, PRESET_NAME),
-        metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
-    )
-    plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+    if primary:
+        model.save(os.path.join(workdir, MODEL_NAME))
+        # The trained model as a preset (keras-hub layout, with its preprocessor):
+        # `ViTClassifier.from_preset(workdir + "/preset")`.
+        save_trained_preset(
+            model,
+            config,
+            os.path.join(workdir, PRESET_NAME),
+            metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
+        )
+        plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
     msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
     print(f"Final (step {final['step']}): {msg}")
     if "val_prec@1" in final:

@@ -150,3 +150,65 @@ def test_batch_that_does_not_divide_the_data_axis_is_refused(out):
     message = (out / "bad_batch.txt").read_text()
     assert "`config.input.batch_size`" in message and "60" in message
     assert "8 devices" in message
+
+
+MULTIHOST_WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one_and_resume_from_orbax(out):
+    """Two JAX processes (4 CPU devices each, gloo collectives) run the same
+    command: `main` joins them with `keras.distribution.initialize`, trains under
+    ``data`` on 8 global devices, checkpoints with Orbax (each process its
+    shards), is interrupted, resumes, and ends where one 8-device process does."""
+    addresses = f"127.0.0.1:{_free_port()}"
+    procs = []
+    for pid in range(2):
+        env = dict(os.environ)
+        env.pop("XLA_FLAGS", None)
+        env.update(
+            KERAS_BACKEND="jax",
+            PYTHONPATH=os.pathsep.join(
+                [str(WORKER.parents[2]), env.get("PYTHONPATH", "")]
+            ),
+            CUDA_VISIBLE_DEVICES="",
+            JAX_PLATFORMS="cpu",
+            KERAS_DISTRIBUTION_JOB_ADDRESSES=addresses,
+            KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+            KERAS_DISTRIBUTION_PROCESS_ID=str(pid),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(MULTIHOST_WORKER), str(out), str(out / "tfds")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=420)[0])
+    finally:
+        for p in procs:  # the test stops by itself, whatever happened
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log[-4000:]
+    assert "Resumed from" in logs[0] and "at step 2/4" in logs[0], logs[0][-2000:]
+    assert (out / "multihost" / "checkpoint" / str(STEPS)).is_dir()
+    # Each process fed its half of every global batch (Keras' auto-sharding of
+    # the tf.data pipeline): the losses of one process with 8 devices, up to the
+    # order of the float32 sums (as above; measured 0 here).
+    np.testing.assert_allclose(
+        _losses(out, "multihost"), _losses(out, "data"), rtol=1e-6, atol=0
+    )

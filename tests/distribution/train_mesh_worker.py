@@ -39,7 +39,7 @@ def config(data_dir, strategy=None, shape=None):
     return c
 
 
-def run(out, name, data_dir, strategy=None, shape=None, interrupt=False):
+def run(out, name, data_dir, strategy=None, shape=None, interrupt=False, export=True):
     t = time.time()
     workdir = os.path.join(out, name)
     save = TrainLoop.save
@@ -58,7 +58,7 @@ def run(out, name, data_dir, strategy=None, shape=None, interrupt=False):
     finally:
         TrainLoop.save = save
     print(f"{name}: {time.time() - t:.1f}s", flush=True)
-    if strategy is not None:
+    if strategy is not None and export:
         export_orbax(workdir)
 
 
