@@ -56,6 +56,30 @@ def _val_pp(val_cfg):
     return pp
 
 
+def _write_outputs(model, config, workdir, final, writer):
+    """The final model, preset and plot (one process writes them).
+
+    Outside the distribution: saving creates a few variables (Keras builds an
+    optimizer to list what not to save), and under a multi-host distribution
+    placing one is a collective the other processes would never join.
+    """
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        model.save(os.path.join(workdir, MODEL_NAME))
+        # The trained model as a preset (keras-hub layout, with its preprocessor):
+        # `ViTClassifier.from_preset(workdir + "/preset")`.
+        save_trained_preset(
+            model,
+            config,
+            os.path.join(workdir, PRESET_NAME),
+            metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
+        )
+        plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
 def _is_primary():
     """Whether this process writes the run's files (process 0 of a multi-host run)."""
     if keras.backend.backend() != "jax":
@@ -350,16 +374,7 @@ def _main(config, workdir, distribution):
         final["train_wall_s"] = round(train_wall, 2)
     writer.write(final)
     if primary:
-        model.save(os.path.join(workdir, MODEL_NAME))
-        # The trained model as a preset (keras-hub layout, with its preprocessor):
-        # `ViTClassifier.from_preset(workdir + "/preset")`.
-        save_trained_preset(
-            model,
-            config,
-            os.path.join(workdir, PRESET_NAME),
-            metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
-        )
-        plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+        _write_outputs(model, config, workdir, final, writer)
     msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
     print(f"Final (step {final['step']}): {msg}")
     if "val_prec@1" in final:
