@@ -63,3 +63,25 @@ def fewshot_lsr(log_steps, pp="decode|resize(256)|central_crop(224)|value_range(
         log_steps=log_steps,
         display_first=[("imagenet", 10)],
     )
+
+
+def mesh_config():
+    """``config.mesh``: where training runs (default: one device, no distribution).
+
+    - ``strategy``: None (one device) or ``"data"``, ``"fsdp"``, ``"tensor"``,
+      ``"fsdp+tensor"`` (`keras_scalevit.distribution.make_distribution`; JAX only).
+    - ``shape``: None (every device on the data axis) or ``(data, model)``; on the
+      command line ``--config.mesh.shape=4,2``.
+    - ``multihost``: None (auto: on when ``JAX_COORDINATOR_ADDRESS`` or Keras'
+      ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` is set), True (call
+      ``keras.distribution.initialize()``, e.g. on every host of a TPU pod) or False.
+    """
+    from ml_collections import config_dict
+
+    return ml_collections.ConfigDict(
+        {
+            "strategy": config_dict.placeholder(str),
+            "shape": config_dict.placeholder(tuple),
+            "multihost": config_dict.placeholder(bool),
+        }
+    )

@@ -36,7 +36,7 @@ small schedule changes.
 import ml_collections
 from ml_collections import config_dict
 
-from keras_scalevit.configs._common import DIGITS_NAME
+from keras_scalevit.configs._common import DIGITS_NAME, mesh_config
 
 NUM_CLASSES = 10
 IMAGE_SIZE = 8
@@ -75,6 +75,8 @@ def get_config(arg=None):
     config.log_training_steps = 50
     config.ckpt_steps = 300
     config.verbose = 1  # Keras fit progress bar (2: one line per epoch, 0: silent)
+    # One device; e.g. --config.mesh.strategy=fsdp --config.mesh.shape=8,1 (JAX).
+    config.mesh = mesh_config()
 
     config.model_name = "vit"
     config.model = dict(

@@ -32,7 +32,7 @@ point ``config.input.data.name`` at a prepared TFDS data set (e.g.
 import ml_collections
 from ml_collections import config_dict
 
-from keras_scalevit.configs._common import fewshot_lsr, parse_arg
+from keras_scalevit.configs._common import fewshot_lsr, mesh_config, parse_arg
 
 VARIANTS = {"g": "g/14", "G": "G/14"}
 
@@ -74,6 +74,8 @@ def get_config(arg=None):
     config.log_training_steps = 50
     config.ckpt_steps = 1_000
     config.verbose = 1
+    # One device; e.g. --config.mesh.strategy=fsdp --config.mesh.shape=8,1 (JAX).
+    config.mesh = mesh_config()
 
     config.model_name = "vit"
     config.model = dict(

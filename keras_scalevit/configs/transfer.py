@@ -49,6 +49,8 @@ gives the optimizer ``use_ema=True, ema_momentum=...`` via
 import ml_collections
 from ml_collections import config_dict
 
+from keras_scalevit.configs._common import mesh_config
+
 # name: (num_classes, train split, val split (big_vision's minival), test split,
 #        total_steps, warmup_steps). From big_vision configs/transfer.py.
 DATASETS = {
@@ -172,6 +174,8 @@ def get_config(arg=None):
         config.ckpt_steps = 1000
 
     config.verbose = 1  # Keras fit progress bar (2: one line per epoch, 0: silent)
+    # One device; e.g. --config.mesh.strategy=fsdp --config.mesh.shape=8,1 (JAX).
+    config.mesh = mesh_config()
 
     # Model: taken from `model_init`; `model` documents what the checkpoint must be
     # (checked by build_transfer_model when passed) and sets per-run options.

@@ -21,7 +21,7 @@ RandAugment uses keras-cv when installed (``pip install keras-scalevit[cv]``);
 import ml_collections
 from ml_collections import config_dict
 
-from keras_scalevit.configs._common import fewshot_lsr, parse_arg
+from keras_scalevit.configs._common import fewshot_lsr, mesh_config, parse_arg
 
 MIXUP_P = {"none": None, "light1": None, "light2": 0.2, "medium1": 0.2,
            "medium2": 0.5, "strong1": 0.5, "strong2": 0.8}  # fmt: skip
@@ -73,6 +73,8 @@ def get_config(arg=None):
     config.log_training_steps = 50
     config.ckpt_steps = 1_000
     config.verbose = 1
+    # One device; e.g. --config.mesh.strategy=fsdp --config.mesh.shape=8,1 (JAX).
+    config.mesh = mesh_config()
 
     config.model_name = "vit"
     config.model = dict(

@@ -762,7 +762,7 @@ def save_trained_preset(model, config, preset_dir, metadata=None):
         ``preset_dir``.
     """
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    val = cfg.get("evals", {}).get("val", {})
+    val = (cfg.get("evals") or {}).get("val") or {}  # evals may be None
     pp = val.get("pp_fn") or cfg.get("pp_eval")
     activation = {"softmax_xent": "softmax", "sigmoid_xent": "sigmoid"}.get(
         cfg.get("loss")

@@ -256,6 +256,9 @@ def validate_config(config):
         for key in ("log_steps", "batch_size"):
             if _field(val, key):
                 v.check_positive_int(f"config.evals.val.{key}", val[key])
+    from keras_scalevit.training.mesh import mesh_settings
+
+    mesh_settings(config)  # config.mesh: known strategy, (data, model) ints, JAX
 
 
 def build_model(config, image_size=None):

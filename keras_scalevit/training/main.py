@@ -9,7 +9,6 @@ import keras
 import numpy as np
 
 from keras_scalevit.models.preset_utils import save_trained_preset
-from keras_scalevit.training.checkpoint import Checkpointer
 from keras_scalevit.training.config import (
     _get,
     _to_dict,
@@ -22,7 +21,13 @@ from keras_scalevit.training.config import (
 )
 from keras_scalevit.training.fingerprint import run_fingerprint
 from keras_scalevit.training.loop import TrainLoop
+from keras_scalevit.training.mesh import (
+    data_axis_size,
+    make_run_distribution,
+    maybe_initialize,
+)
 from keras_scalevit.training.metrics import METRICS_NAME, JsonLines, finished_record
+from keras_scalevit.training.orbax_checkpoint import make_checkpointer
 from keras_scalevit.training.plots import PLOT_NAME, plot_metrics
 
 MODEL_NAME = "model.keras"
@@ -49,6 +54,75 @@ def _val_pp(val_cfg):
             "pp string has random augmentations)."
         )
     return pp
+
+
+def _write_outputs(model, config, workdir, final, writer):
+    """The final model, preset and plot (one process writes them).
+
+    Outside the distribution: saving creates a few variables (Keras builds an
+    optimizer to list what not to save), and under a multi-host distribution
+    placing one is a collective the other processes would never join.
+    """
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        model.save(os.path.join(workdir, MODEL_NAME))
+        # The trained model as a preset (keras-hub layout, with its preprocessor):
+        # `ViTClassifier.from_preset(workdir + "/preset")`.
+        save_trained_preset(
+            model,
+            config,
+            os.path.join(workdir, PRESET_NAME),
+            metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
+        )
+        plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+    finally:
+        keras.distribution.set_distribution(previous)
+
+
+def _is_primary():
+    """Whether this process writes the run's files (process 0 of a multi-host run)."""
+    if keras.backend.backend() != "jax":
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
+class _ReadOnlyLines(JsonLines):
+    """The metrics log as the other processes of a multi-host run see it: read-only."""
+
+    def write(self, record):
+        pass
+
+    def truncate_after(self, step):
+        pass
+
+    def remove_stale(self):
+        return []
+
+
+def _check_val_batches(config, val_cfg, distribution, data_dir):
+    """Under a mesh every validation batch, the last one too, must split evenly."""
+    data = data_axis_size(distribution)
+    if data == 1:
+        return
+    import keras_scalevit.data as kdata
+
+    val_data = val_cfg.get("data") or {}
+    batch = int(val_cfg.get("batch_size") or config.input.batch_size)
+    name = val_data.get("name", config.input.data.name)
+    split = val_data.get("split", "test")
+    n = kdata.get_num_examples(name, split, data_dir=val_data.get("data_dir", data_dir))
+    if batch % data or (n % batch) % data:
+        raise ValueError(
+            f"Under config.mesh (a data axis of {data} devices) every validation "
+            f"batch must divide by {data}: `config.evals.val.batch_size`={batch} on "
+            f"{n} examples of {name}:{split} leaves batches of {batch} and "
+            f"{n % batch or batch}. Use a batch size and a split (e.g. "
+            f"'{split}[:{n - n % data}]') that divide by {data}, or "
+            "config.evals.val=None."
+        )
 
 
 def main(config, workdir):
@@ -78,18 +152,43 @@ def main(config, workdir):
     >>> final["step"]  # doctest: +SKIP
     2
     """
-    import keras_scalevit.data as kdata
-    from keras_scalevit import losses
-
     validate_config(config)
     if not isinstance(workdir, (str, os.PathLike)) or not str(workdir):
         raise TypeError(f"`workdir` must be a directory path, got {workdir!r}.")
+    # Multi-host (a TPU pod, or JAX_COORDINATOR_ADDRESS set): join the other
+    # processes before anything asks for the devices.
+    maybe_initialize(config)
+    image_size = image_size_from_config(config)
+    # config.mesh: Keras' distribution, checked against the model (built without
+    # weights) before anything is written; model and optimizer are then created
+    # under it, sharded, and `fit` splits the input over its data axis.
+    distribution = make_run_distribution(
+        config, lambda: build_model(config, image_size)
+    )
+    if distribution is None:
+        return _main(config, workdir, None)
+    with distribution.scope():
+        return _main(config, workdir, distribution)
+
+
+def _main(config, workdir, distribution):
+    import keras_scalevit.data as kdata
+    from keras_scalevit import losses
+
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoint.npz"))
+    # Orbax (sharded, every process its shards) under a mesh on JAX, else the
+    # single checkpoint.npz; the same interface either way.
+    checkpointer = make_checkpointer(workdir, distribution)
     ckpt_path = checkpointer.path
-    writer = JsonLines(os.path.join(workdir, METRICS_NAME))
-    for tmp in checkpointer.remove_stale() + writer.remove_stale():
+    # Several processes (a pod): all train and save their checkpoint shards, the
+    # first writes the files (metrics, config, model, preset, plot).
+    primary = _is_primary()
+    writer = (JsonLines if primary else _ReadOnlyLines)(
+        os.path.join(workdir, METRICS_NAME)
+    )
+    stale = checkpointer.remove_stale() + writer.remove_stale() if primary else []
+    for tmp in stale:
         print(f"Removed {tmp}, left by a write that was interrupted.")
     seed = int(_get(config, "seed", 0))
     data = config.input.data
@@ -158,15 +257,17 @@ def main(config, workdir):
         start_step = checkpointer.restore(model, fingerprint)
         print(f"Resumed from {ckpt_path} at step {start_step}/{total_steps}.")
         writer.truncate_after(start_step)
-    elif os.path.exists(writer.path):
+    elif primary and os.path.exists(writer.path):
         os.remove(writer.path)  # a run killed before its first checkpoint
     # Only now, with the checkpoint (if any) accepted: the config of this run.
-    with open(os.path.join(workdir, CONFIG_NAME), "w") as f:
-        json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
+    if primary:
+        with open(os.path.join(workdir, CONFIG_NAME), "w") as f:
+            json.dump(_to_dict(config), f, indent=2, sort_keys=True, default=str)
 
     val_ds = None
     if val_cfg:
         val_data = val_cfg.get("data") or {}
+        _check_val_batches(config, val_cfg, distribution, data_dir)
         val_ds = kdata.make_eval_dataset(
             val_data.get("name", data.name),
             val_data.get("split", "test"),
@@ -272,16 +373,8 @@ def main(config, workdir):
     if trained:  # this process's training time (from the restart, if resumed)
         final["train_wall_s"] = round(train_wall, 2)
     writer.write(final)
-    model.save(os.path.join(workdir, MODEL_NAME))
-    # The trained model as a preset (keras-hub layout, with its preprocessor):
-    # `ViTClassifier.from_preset(workdir + "/preset")`.
-    save_trained_preset(
-        model,
-        config,
-        os.path.join(workdir, PRESET_NAME),
-        metadata={k: final[k] for k in ("step", "val_prec@1") if k in final},
-    )
-    plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+    if primary:
+        _write_outputs(model, config, workdir, final, writer)
     msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
     print(f"Final (step {final['step']}): {msg}")
     if "val_prec@1" in final:

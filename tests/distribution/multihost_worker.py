@@ -1,0 +1,30 @@
+"""One of two JAX processes (4 CPU devices each) training the digits config.
+
+Run by tests/distribution/test_train_mesh.py as ``python multihost_worker.py OUT
+DATA_DIR`` with ``KERAS_DISTRIBUTION_JOB_ADDRESSES``,
+``KERAS_DISTRIBUTION_NUM_PROCESSES`` and ``KERAS_DISTRIBUTION_PROCESS_ID`` set: the
+same command on every process, as on the hosts of a pod. `main` calls
+`keras.distribution.initialize`, trains under ``data`` on the 8 global devices,
+is interrupted after its step-2 Orbax checkpoint and resumes from it.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_mesh_worker import config, run  # noqa: E402
+
+if __name__ == "__main__":
+    out, data_dir = sys.argv[1], sys.argv[2]
+    run(out, "multihost", data_dir, "data", None, interrupt=True, export=False)
+    assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
+    run(out, "multihost", data_dir, "data", None, export=False)
+    del config
