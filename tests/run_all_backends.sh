@@ -11,10 +11,18 @@ export TF_ENABLE_ONEDNN_OPTS=0
 export TF_CPP_MIN_LOG_LEVEL=2
 workers="${PYTEST_WORKERS:-2}"
 status=0
+summaries="$(mktemp)"
+trap 'rm -f "${summaries}"' EXIT
+
+# Runs pytest, keeps its closing line for the total printed at the end.
+run_pytest() {
+  python -m pytest "$@" 2>&1 | tee >(tail -n 1 >>"${summaries}")
+  return "${PIPESTATUS[0]}"
+}
 for backend in jax tensorflow torch; do
   echo "=== KERAS_BACKEND=${backend} ==="
   start=$(date +%s)
-  KERAS_BACKEND="${backend}" python -m pytest -q -n "${workers}" tests "$@"
+  KERAS_BACKEND="${backend}" run_pytest -q -n "${workers}" tests "$@"
   rc=$?
   echo "=== ${backend}: exit ${rc} in $(( $(date +%s) - start )) s ==="
   if [ "${rc}" -ne 0 ]; then status=1; fi
@@ -34,11 +42,17 @@ if [ "${#fixture_files[@]}" -gt 0 ]; then
   # SCALEVIT_FIXTURE_TESTS_ONLY (tests/conftest.py) deselects the tests of these
   # files that never reach a fixture: they ran above already.
   SCALEVIT_FIXTURES="${absent}" SCALEVIT_FIXTURE_TESTS_ONLY=1 KERAS_BACKEND="${backend}" \
-    python -m pytest -q -n "${workers}" "${fixture_files[@]}" "$@"
+    run_pytest -q -n "${workers}" "${fixture_files[@]}" "$@"
   rc=$?
   # Exit 5: no test selected (e.g. by the extra arguments); nothing failed.
   if [ "${rc}" -eq 5 ]; then rc=0; fi
   echo "=== fixtures hidden: exit ${rc} in $(( $(date +%s) - start )) s ==="
   if [ "${rc}" -ne 0 ]; then status=1; fi
 fi
+
+# One closing line over every pass (pytest's own closing lines are per pass).
+sleep 1  # the tee'd `tail` processes finish writing
+count() { grep -oE "[0-9]+ $1" "${summaries}" | awk '{s += $1} END {print s + 0}'; }
+failed=$(( $(count failed) + $(count errors?) ))
+echo "total: $(count passed) passed, ${failed} failed, $(count skipped) skipped"
 exit "${status}"
