@@ -16,8 +16,13 @@ trap 'rm -f "${summaries}"' EXIT
 
 # Runs pytest, keeps its closing line for the total printed at the end.
 run_pytest() {
-  python -m pytest "$@" 2>&1 | tee >(tail -n 1 >>"${summaries}")
-  return "${PIPESTATUS[0]}"
+  local log
+  log="$(mktemp)"
+  python -m pytest "$@" 2>&1 | tee "${log}"
+  local rc="${PIPESTATUS[0]}"
+  tail -n 1 "${log}" >>"${summaries}"
+  rm -f "${log}"
+  return "${rc}"
 }
 for backend in jax tensorflow torch; do
   echo "=== KERAS_BACKEND=${backend} ==="
@@ -51,7 +56,6 @@ if [ "${#fixture_files[@]}" -gt 0 ]; then
 fi
 
 # One closing line over every pass (pytest's own closing lines are per pass).
-sleep 1  # the tee'd `tail` processes finish writing
 count() { grep -oE "[0-9]+ $1" "${summaries}" | awk '{s += $1} END {print s + 0}'; }
 failed=$(( $(count failed) + $(count errors?) ))
 echo "total: $(count passed) passed, ${failed} failed, $(count skipped) skipped"

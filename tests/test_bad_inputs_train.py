@@ -101,7 +101,7 @@ CASES = [
     ("lr_negative", {"lr": -1e-3}, ValueError, "`config.lr`"),
     ("lr_nan", {"lr": math.nan}, ValueError, "`config.lr`"),
     ("wd_negative", {"wd": -0.1}, ValueError, "`config.wd`"),
-    ("clip_zero", {"grad_clip_norm": 0.0}, ValueError, "`config.grad_clip_norm`"),
+    ("clip_negative", {"grad_clip_norm": -1.0}, ValueError, "`config.grad_clip_norm`"),
     ("ema_above_one", {"ema_momentum": 1.5}, ValueError, "`config.ema_momentum`"),
     ("mixup_negative", {"mixup__p": -0.2}, ValueError, "`config.mixup.p`"),
     (

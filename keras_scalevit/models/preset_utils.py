@@ -469,7 +469,11 @@ def _npz_model(path, entry, num_classes, image_size, load_weights, kwargs):
         model = from_big_vision(
             path, image_size=size, num_classes=num_classes, **kwargs
         )
-    except (zipfile.BadZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        # load_npz's ValueError for a file that is not a readable .npz: a
+        # corrupt download; any other ValueError is about the arrays themselves.
+        if isinstance(e, ValueError) and "must be a .npz checkpoint" not in str(e):
+            raise
         file = _split_subtree(path)[0]
         if os.path.dirname(os.path.abspath(file)).endswith(CACHE_SUBDIR):
             _remove(file)  # a corrupt cache entry must not be read again
@@ -552,7 +556,11 @@ def _dir_classifier(path, num_classes, image_size, load_weights, kwargs):
                 f"The preset {path!r} holds only a backbone (no {TASK_CONFIG_FILE}): "
                 "pass `num_classes` for a new head, or use ViTBackbone.from_preset."
             )
-        backbone = _dir_backbone(path, None, load_weights, backbone_options)
+        # Without weights the size is set in the config; with weights it is
+        # resampled below, together with a new head.
+        backbone = _dir_backbone(
+            path, None if load_weights else image_size, load_weights, backbone_options
+        )
         pool = kwargs.pop("pool_type", "tok" if backbone.class_token else "gap")
         model = ViTClassifier(backbone, num_classes, pool_type=pool, **kwargs)
     if load_weights and (

@@ -234,7 +234,8 @@ def validate_config(config):
     if _field(config, "wd") is not None:
         v.check_non_negative_float("config.wd", config["wd"])
     if _field(config, "grad_clip_norm") is not None:
-        v.check_positive_float("config.grad_clip_norm", config["grad_clip_norm"])
+        # 0 means no clipping, as in big_vision (and `from_big_vision_config`).
+        v.check_non_negative_float("config.grad_clip_norm", config["grad_clip_norm"])
     if _field(config, "ema_momentum") is not None:
         v.check_probability("config.ema_momentum", config["ema_momentum"])
     mixup_p = _field(_field(config, "mixup"), "p")

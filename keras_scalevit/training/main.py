@@ -63,6 +63,14 @@ def _write_outputs(model, config, workdir, final, writer):
     optimizer to list what not to save), and under a multi-host distribution
     placing one is a collective the other processes would never join.
     """
+    if not _on_this_host(model):
+        print(
+            "The weights are sharded across hosts: model.keras and the preset are not "
+            "written (they need a cross-process gather, not built yet); the Orbax "
+            "checkpoint in the workdir holds the trained weights."
+        )
+        plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
+        return
     previous = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
     try:
@@ -78,6 +86,18 @@ def _write_outputs(model, config, workdir, final, writer):
         plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
     finally:
         keras.distribution.set_distribution(previous)
+
+
+def _on_this_host(model):
+    """Whether every weight can be read whole by this process."""
+    for variable in model.weights:
+        value = variable.value
+        if getattr(value, "is_fully_addressable", True) or getattr(
+            value, "is_fully_replicated", False
+        ):
+            continue
+        return False
+    return True
 
 
 def _is_primary():

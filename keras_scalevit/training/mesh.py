@@ -88,6 +88,12 @@ def mesh_settings(config):
                 "device."
             )
         shape = tuple(shape)
+    if multihost and strategy is None:
+        raise ValueError(
+            "`config.mesh.multihost`=True needs `config.mesh.strategy` ('data', "
+            "'fsdp', 'tensor' or 'fsdp+tensor'): without a mesh every process would "
+            "train the whole batch on its own and write the same checkpoint."
+        )
     backend = keras.backend.backend()
     if (strategy is not None or multihost) and backend != "jax":
         what = (
@@ -118,6 +124,12 @@ def maybe_initialize(config):
         multihost = any(os.environ.get(k) for k in _MULTIHOST_ENV)
     if not multihost:
         return False
+    if _field(_field(config, "mesh") or {}, "strategy") is None:
+        raise ValueError(
+            "A multi-host launch (coordinator environment variables are set) needs "
+            "`config.mesh.strategy` ('data', 'fsdp', 'tensor' or 'fsdp+tensor'): "
+            "without a mesh every process would train on its own."
+        )
     import jax
 
     if not jax.distributed.is_initialized():

@@ -22,10 +22,10 @@ def plot_metrics(metrics_path, png_path):
     >>> os.path.getsize(os.path.join(workdir, "curves.png")) > 0
     True
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure with its own Agg canvas: no pyplot, so the caller's matplotlib
+    # backend (a notebook's inline one) is left as it is.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = []
     with open(metrics_path) as f:
@@ -39,7 +39,9 @@ def plot_metrics(metrics_path, png_path):
         pts = [(r["step"], r[key]) for r in records if key in r and "step" in r]
         return [p[0] for p in pts], [p[1] for p in pts]
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig = Figure(figsize=(15, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     for key in ("loss", "val_loss"):
         axes[0].plot(*series(key), label=key, marker="." if "val" in key else None)
     axes[0].set_yscale("log")
@@ -56,4 +58,3 @@ def plot_metrics(metrics_path, png_path):
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
-    plt.close(fig)

@@ -321,7 +321,10 @@ class ViTClassifier(keras.Model):
         With a preprocessor attached (``from_preset``), an array ``(n, H, W, 3)``
         or a list of ``(H, W, 3)`` images (uint8 or float in [0, 255], any size)
         is resized and scaled as the checkpoint was evaluated; datasets and
-        generators are passed through unchanged.
+        generators are passed through unchanged (as in keras-hub, the task's
+        ``predict`` expects raw images). Arrays that are already model inputs
+        (floats in [-1, 1] at the model's size) would be scaled twice: call the
+        model on them, or set ``model.preprocessor = None`` first.
         """
         from keras_scalevit.models import preset_utils
 
