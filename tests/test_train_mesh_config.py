@@ -28,6 +28,7 @@ def test_every_config_has_a_single_device_mesh(module):
         ({"strategy": None, "shape": (4, 2)}, ValueError, ["config.mesh.strategy"]),
         ({"strategy": "data", "shapes": (4, 2)}, TypeError, ["shapes", "'shape'"]),
         ({"multihost": "yes"}, TypeError, ["config.mesh.multihost"]),
+        ({"multihost": True}, ValueError, ["config.mesh.multihost", "strategy"]),
     ],
 )
 def test_bad_mesh_is_refused_naming_the_field(mesh, error, words):
