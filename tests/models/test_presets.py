@@ -109,7 +109,9 @@ def test_http_npz_gives_the_fixture_logits(name, serve, tmp_path):
 
 
 def test_sha256_rejects_a_tampered_file_and_leaves_no_cache_entry(serve, tmp_path):
-    src = _fixtures_dir() / "vit_map_learn.npz"
+    # Any .npz will do (no fixture needed, so this runs in a user's clone too).
+    src = tmp_path / "src.npz"
+    np.savez(src, **{"embedding/kernel": np.arange(4096, dtype="float32")})
     good = hashlib.sha256(src.read_bytes()).hexdigest()
     served = tmp_path / "served"
     served.mkdir()
