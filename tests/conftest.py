@@ -150,3 +150,36 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def run_jax_worker(worker, out_dir, *, devices=8, timeout=600):
+    """Runs ``python worker out_dir`` on the JAX backend with ``devices`` CPU devices.
+
+    A subprocess, since JAX fixes its device count when it is imported. Fails the
+    test with the worker's stderr tail if it does not exit cleanly.
+    """
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.update(
+        KERAS_BACKEND="jax",
+        XLA_FLAGS=(
+            env.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={devices}"
+        ),
+        PYTHONPATH=os.pathsep.join(
+            [str(pathlib.Path(worker).resolve().parents[2]), env.get("PYTHONPATH", "")]
+        ),
+        CUDA_VISIBLE_DEVICES="",
+        JAX_PLATFORMS="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(worker), str(out_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc

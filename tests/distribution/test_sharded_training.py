@@ -8,15 +8,12 @@ writes the arrays and their shardings as read back from JAX; the checks are here
 """
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, run_jax_worker
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,24 +33,7 @@ DEVICES = 8
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     out = tmp_path_factory.mktemp("sharded")
-    env = dict(os.environ)
-    env.update(
-        KERAS_BACKEND="jax",
-        XLA_FLAGS=(
-            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-        ),
-        PYTHONPATH=os.pathsep.join([str(WORKER.parents[2]), env.get("PYTHONPATH", "")]),
-        CUDA_VISIBLE_DEVICES="",
-        JAX_PLATFORMS="cpu",
-    )
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_jax_worker(WORKER, out, devices=DEVICES, timeout=900)
     arrays = np.load(out / "arrays.npz", allow_pickle=False)
     with open(out / "shards.json") as f:
         shards = json.load(f)

@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tests.conftest import BACKEND
+from tests.conftest import BACKEND, run_jax_worker
 
 pytestmark = [
     pytest.mark.slow,
@@ -35,24 +35,7 @@ LR, STEPS = 3e-3, 4  # the digits config's peak rate; the worker's steps
 @pytest.fixture(scope="module")
 def out(tmp_path_factory):
     out = tmp_path_factory.mktemp("train_mesh")
-    env = dict(os.environ)
-    env.update(
-        KERAS_BACKEND="jax",
-        XLA_FLAGS=(
-            env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-        ),
-        PYTHONPATH=os.pathsep.join([str(WORKER.parents[2]), env.get("PYTHONPATH", "")]),
-        CUDA_VISIBLE_DEVICES="",
-        JAX_PLATFORMS="cpu",
-    )
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_jax_worker(WORKER, out, timeout=600)
     return out
 
 
