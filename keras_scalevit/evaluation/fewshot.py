@@ -167,6 +167,16 @@ def _warn_short_classes(counts, shots):
         )
 
 
+def _check_test_labels(test_labels, test_features, num_classes):
+    return _check_labels(
+        test_labels,
+        "test_labels",
+        num_classes,
+        num_rows=test_features.shape[0],
+        rows_name="test_features",
+    )
+
+
 def _check_seed(seed, name="seed"):
     return check_int(name, seed, minimum=0)
 
@@ -373,13 +383,7 @@ def fewshot_accuracy(
     train_features, train_labels, test_features, num_classes = _check_problem(
         train_features, train_labels, test_features, num_classes
     )
-    test_labels = _check_labels(
-        test_labels,
-        "test_labels",
-        num_classes,
-        num_rows=test_features.shape[0],
-        rows_name="test_features",
-    )
+    test_labels = _check_test_labels(test_labels, test_features, num_classes)
     predictions = fewshot_predictions(
         train_features,
         train_labels,
@@ -619,13 +623,7 @@ def fewshot_evaluate(
     train_features, train_labels, test_features, _ = _check_problem(
         train_features, train_labels, test_features, num_classes
     )
-    test_labels = _check_labels(
-        test_labels,
-        "test_labels",
-        num_classes,
-        num_rows=test_features.shape[0],
-        rows_name="test_features",
-    )
+    test_labels = _check_test_labels(test_labels, test_features, num_classes)
     counts = np.bincount(train_labels, minlength=num_classes)
     for k in shots:
         _warn_short_classes(counts, k)

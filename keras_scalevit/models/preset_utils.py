@@ -37,6 +37,7 @@ from keras_scalevit.models.vit.vit_image_classifier_preprocessor import (
 )
 from keras_scalevit.models.vit.vit_presets import (
     PRESETS,
+    _https,
     get_preset_entry,
     list_presets,
 )
@@ -171,12 +172,6 @@ def save_classifier(classifier, preset_dir, metadata=None):
 
 
 # ---------------------------------------------------------------------- handles
-
-
-def _https(url):
-    if url.startswith("gs://"):
-        return "https://storage.googleapis.com/" + url[len("gs://") :]
-    return url
 
 
 def _split_subtree(path):
