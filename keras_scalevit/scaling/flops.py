@@ -18,9 +18,16 @@ Training compute is **3 × forward** per example seen (forward pass, plus a back
 pass that costs two forwards: gradients with respect to activations and to
 weights), the usual convention of scaling-law studies.
 
-The paper plots compute as TPU-v3 core-days. Those are measured (cores × wall
-time of the actual runs), and its text publishes no FLOPs-to-core-days rate or
-utilisation, so this module does not convert FLOPs to core-days.
+The paper plots compute as TPU-v3 core-days ("All models are trained on TPUv3,
+thus total compute is measured in TPUv3 core-days", its §2): cores × wall time of
+the actual runs. Its text gives no FLOPs-to-core-days rate, no utilisation and no
+core-days of any single run, so the conversion cannot be pinned from the paper.
+`tpu_v3_core_days` converts FLOPs at a utilisation *you* state, from the public
+TPU-v3 peak (123 TFLOP/s bfloat16 per chip, two cores per chip: 61.5 TFLOP/s per
+core, Cloud TPU's system-architecture page). For scale: a later paper's table
+(Swin V2, Table 2, "TPUv3 core days ... copied from the original papers") gives
+ViT-G/14 ">30k" core-days; with the paper's ~20.5e9 images seen at 224 px that is
+at most ~37% of peak.
 """
 
 from keras_scalevit.models.vit.vit_variants import decode_variant
@@ -30,7 +37,11 @@ from keras_scalevit.utils.validation import (
     check_int,
     check_kwargs,
     check_positive_int,
+    check_probability,
 )
+
+TPU_V3_PEAK_FLOPS_PER_CORE = 61.5e12  # 123 TFLOP/s (bfloat16) per chip, 2 cores.
+SECONDS_PER_DAY = 86_400
 
 POOL_TYPES = ("gap", "map", "tok", "0", "none")
 _SHAPE_KEYS = ("width", "depth", "mlp_dim", "num_heads", "patch_size")
@@ -143,3 +154,35 @@ def train_flops(variant, image_size=224, examples_seen=1, **kwargs):
     """
     examples_seen = check_int("examples_seen", examples_seen, minimum=0)
     return 3 * flops_per_image(variant, image_size, **kwargs) * examples_seen
+
+
+def tpu_v3_core_days(flops, *, utilization):
+    """TPU-v3 core-days that ``flops`` take at a stated fraction of peak.
+
+    ``flops / (61.5e12 · utilization · 86400)``: the public bfloat16 peak per
+    TPU-v3 core. The paper measures core-days (cores × wall time) and publishes
+    no utilisation, so there is no default: state the one you assume (e.g. the
+    ~0.37 that ViT-G/14's ">30k core-days", as a later paper quotes it, implies
+    at most; see the module docstring).
+
+    Args:
+        flops: number >= 0, e.g. `train_flops(...)`.
+        utilization: number in (0, 1], the model FLOPs utilisation.
+
+    Returns:
+        float, core-days.
+
+    Example:
+    >>> from keras_scalevit.scaling import train_flops, tpu_v3_core_days
+    >>> # ViT-B/16, 7 epochs of 13M images, at 40% of peak.
+    >>> round(tpu_v3_core_days(train_flops("B/16", 224, 7 * 13_000_000),
+    ...                        utilization=0.4), 1)
+    4.5
+    """
+    from keras_scalevit.utils.validation import check_non_negative_float
+
+    flops = check_non_negative_float("flops", flops)
+    utilization = check_probability("utilization", utilization, allow_one=True)
+    if utilization == 0:
+        raise ValueError("`utilization` must be in (0, 1], got 0.")
+    return flops / (TPU_V3_PEAK_FLOPS_PER_CORE * utilization * SECONDS_PER_DAY)

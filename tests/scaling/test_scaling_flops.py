@@ -2,7 +2,7 @@
 
 import pytest
 
-from keras_scalevit.scaling import flops_per_image, train_flops
+from keras_scalevit.scaling import flops_per_image, tpu_v3_core_days, train_flops
 
 # Scaling Vision Transformers, model table (GFLOPs at 224 and 384 px), as listed
 # in shared/docs/big_vision_spec.md §1.1.
@@ -73,3 +73,30 @@ def test_bad_arguments(kwargs, error, match):
 def test_bad_examples_seen():
     with pytest.raises(ValueError, match="examples_seen"):
         train_flops("B/16", 224, -1)
+
+
+def test_tpu_v3_core_days():
+    # One TPU-v3 core at its bfloat16 peak (123 TFLOP/s per 2-core chip) for a day.
+    assert tpu_v3_core_days(123e12 / 2 * 86_400, utilization=1.0) == pytest.approx(1.0)
+    assert tpu_v3_core_days(123e12 / 2 * 86_400, utilization=0.25) == pytest.approx(4.0)
+    assert tpu_v3_core_days(0, utilization=0.5) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(flops=-1.0, utilization=0.5), ValueError, "`flops`"),
+        (dict(flops=float("nan"), utilization=0.5), ValueError, "`flops`"),
+        (dict(flops=1e18, utilization=0.0), ValueError, "`utilization`"),
+        (dict(flops=1e18, utilization=1.5), ValueError, "`utilization`"),
+        (dict(flops=1e18, utilization="high"), TypeError, "`utilization`"),
+    ],
+)
+def test_tpu_v3_core_days_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        tpu_v3_core_days(**kwargs)
+
+
+def test_tpu_v3_core_days_needs_a_utilization():
+    with pytest.raises(TypeError, match="utilization"):
+        tpu_v3_core_days(1e18)
