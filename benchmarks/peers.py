@@ -23,8 +23,9 @@ tables) and ``results.png`` (a bar chart) in ``--out``.
 Peers are optional (``pip install -e ".[bench]"``): big_vision needs flax, optax and
 a checkout of google-research/big_vision given by ``--big-vision-dir`` or the
 ``BIG_VISION_DIR`` environment variable; timm needs timm (and a torchvision that
-matches the installed torch); keras-hub needs keras-hub. A missing peer is skipped
-with a message.
+matches the installed torch; ``--python timm=/venv/bin/python`` runs its worker in
+another environment, e.g. one with a torch/torchvision pair); keras-hub needs
+keras-hub. A missing peer is skipped with a message.
 
     python benchmarks/peers.py --big-vision-dir=/path/to/big_vision   # full run
     python benchmarks/peers.py --quick       # one tiny item per framework, ~1-2 min
@@ -549,8 +550,25 @@ def bar_chart(rows, frameworks, path):
     plt.close(fig)
 
 
+def _pythons(specs):
+    """``["timm=/venv/bin/python", ...]`` -> ``{"timm": "/venv/bin/python"}``."""
+    out = {}
+    for spec in specs or ():
+        name, sep, path = spec.partition("=")
+        if not sep or name not in FRAMEWORKS or not path:
+            raise ValueError(
+                f"`--python` must be FRAMEWORK=PATH with FRAMEWORK among "
+                f"{FRAMEWORKS}, got {spec!r}."
+            )
+        if not os.access(path, os.X_OK):
+            raise ValueError(f"`--python` {spec!r}: {path} is not an executable.")
+        out[name] = path
+    return out
+
+
 def _start(framework, items, args):
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework]
+    python = _pythons(args.python).get(framework, sys.executable)
+    cmd = [python, os.path.abspath(__file__), "--worker", framework]
     cmd += ["--items", json.dumps(items)]
     if args.big_vision_dir:
         cmd += ["--big-vision-dir", args.big_vision_dir]
@@ -590,6 +608,13 @@ def main(argv=None):
         action="store_true",
         help="ours-torch with jit_compile=True (torch.compile)",
     )
+    p.add_argument(
+        "--python",
+        action="append",
+        metavar="FRAMEWORK=PATH",
+        help="the Python that runs a framework's worker (repeatable), e.g. "
+        "timm=/venv/bin/python for a venv whose torch matches its torchvision",
+    )
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -612,6 +637,7 @@ def main(argv=None):
     bad = [f for f in frameworks if f not in FRAMEWORKS]
     if bad:
         raise ValueError(f"`--frameworks` must be among {FRAMEWORKS}, got {bad}.")
+    _pythons(args.python)  # a bad --python fails before any worker starts
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (2 if args.quick else 3)
 

@@ -54,3 +54,16 @@ def test_forward_flops_agrees_with_xla(peers):
 def test_unknown_item_is_rejected(peers):
     with pytest.raises(ValueError, match="`--items` must name"):
         peers.main(["--items", "nope"])
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("timm", "FRAMEWORK=PATH"),
+        ("pytorch=/usr/bin/python3", "FRAMEWORK=PATH"),
+        ("timm=/nonexistent/python", "not an executable"),
+    ],
+)
+def test_bad_worker_python_is_rejected(peers, spec, match):
+    with pytest.raises(ValueError, match=match):
+        peers.main(["--quick", "--python", spec])
