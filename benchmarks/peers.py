@@ -347,7 +347,9 @@ def _timm_runner(item):
     if item["opt"] == "adamw":
         opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WD)
     else:
-        opt = timm.optim.AdafactorBigVision(model.parameters(), lr=LR, weight_decay=WD)
+        from timm.optim import AdafactorBigVision
+
+        opt = AdafactorBigVision(model.parameters(), lr=LR, weight_decay=WD)
     model.train()
 
     def step():
