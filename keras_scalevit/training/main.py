@@ -56,24 +56,24 @@ def _val_pp(val_cfg):
     return pp
 
 
-def _write_outputs(model, config, workdir, final, writer):
+def _write_outputs(model, config, workdir, final, writer, gathered=None):
     """The final model, preset and plot (one process writes them).
 
     Outside the distribution: saving creates a few variables (Keras builds an
     optimizer to list what not to save), and under a multi-host distribution
     placing one is a collective the other processes would never join.
+    ``gathered``: the weights as whole host arrays (`_gather_weights`) when some
+    are sharded across hosts.
     """
-    if not _on_this_host(model):
-        print(
-            "The weights are sharded across hosts: model.keras and the preset are not "
-            "written (they need a cross-process gather, not built yet); the Orbax "
-            "checkpoint in the workdir holds the trained weights."
-        )
-        plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
-        return
     previous = keras.distribution.distribution()
     keras.distribution.set_distribution(None)
     try:
+        if gathered is not None:
+            # Weights sharded across hosts: a copy of the model on this host,
+            # outside the distribution, holding the gathered weights (without
+            # the optimizer state, which stays in the Orbax checkpoint).
+            model = model.__class__.from_config(model.get_config())
+            model.set_weights(gathered)
         model.save(os.path.join(workdir, MODEL_NAME))
         # The trained model as a preset (keras-hub layout, with its preprocessor):
         # `ViTClassifier.from_preset(workdir + "/preset")`.
@@ -86,6 +86,28 @@ def _write_outputs(model, config, workdir, final, writer):
         plot_metrics(writer.path, os.path.join(workdir, PLOT_NAME))
     finally:
         keras.distribution.set_distribution(previous)
+
+
+def _gather_weights(model):
+    """Every weight as one whole NumPy array, or None if this host holds them all.
+
+    A collective when weights are sharded across processes (fsdp or tensor
+    parallelism over several hosts): every process must call it.
+    """
+    if _on_this_host(model):
+        return None
+    from jax.experimental import multihost_utils
+
+    out = []
+    for variable in model.weights:
+        value = variable.value
+        if getattr(value, "is_fully_addressable", True) or getattr(
+            value, "is_fully_replicated", False
+        ):
+            out.append(np.asarray(value))
+        else:
+            out.append(np.asarray(multihost_utils.process_allgather(value, tiled=True)))
+    return out
 
 
 def _on_this_host(model):
@@ -393,8 +415,9 @@ def _main(config, workdir, distribution):
     if trained:  # this process's training time (from the restart, if resumed)
         final["train_wall_s"] = round(train_wall, 2)
     writer.write(final)
+    gathered = _gather_weights(model)  # every process joins the gather
     if primary:
-        _write_outputs(model, config, workdir, final, writer)
+        _write_outputs(model, config, workdir, final, writer, gathered)
     msg = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if isinstance(v, float))
     print(f"Final (step {final['step']}): {msg}")
     if "val_prec@1" in final:
