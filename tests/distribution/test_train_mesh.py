@@ -4,7 +4,9 @@ mesh and restores under another one.
 
 JAX-only (`keras.distribution`). The device count is fixed when JAX starts, so one
 subprocess (``train_mesh_worker.py``, 8 host devices) runs every scenario through
-`keras_scalevit.training.main` and leaves each run's workdir; the checks are here.
+`keras_scalevit.training.main` and leaves each run's workdir; the checks are here,
+reading the Orbax checkpoints whole on this process's one device
+(`make_checkpointer(workdir).read()`).
 """
 
 import json
@@ -13,7 +15,6 @@ import pathlib
 import subprocess
 import sys
 
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -45,22 +46,26 @@ def _losses(out, name):
     return np.array([r["loss"] for r in records if "loss" in r and "epoch" not in r])
 
 
-def _weights(out, name):
-    """The final checkpoint's model variables by path (the optimizer's too)."""
-    # One device writes checkpoint.npz; a mesh writes Orbax (``checkpoint/``),
-    # which the worker exported, read by Orbax itself, to the same layout.
-    path = out / name / ("checkpoint.npz" if name == "single" else "exported.npz")
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["__meta__"]))
-        assert meta["step"] == STEPS
-        arrays = {}
-        for group in ("model", "optimizer"):
-            for i, (path, _, dtype) in enumerate(meta[group]):
-                a = z[f"{group}/{i}"]
-                if dtype == "bfloat16":  # stored as its uint16 bits
-                    a = a.view(ml_dtypes.bfloat16)
-                arrays[f"{group}:{path}"] = (a, dtype)
-    return arrays
+def _weights(out, name, steps=STEPS):
+    """The final checkpoint's variables by path: ``{"model:<path>": (array, dtype)}``.
+
+    The optimizer's too (``"optimizer:<path>"``). Every run, on one device or
+    under a mesh, wrote Orbax; read whole here, on one device.
+    """
+    from keras_scalevit.training import OrbaxCheckpointer, make_checkpointer
+
+    ckpt = make_checkpointer(out / name)
+    assert isinstance(ckpt, OrbaxCheckpointer), ckpt
+    try:
+        meta, arrays = ckpt.read()
+    finally:
+        ckpt.close()
+    assert meta["step"] == steps
+    return {
+        f"{group}:{path}": (arrays[f"{group}/{i}"], dtype)
+        for group in ("model", "optimizer")
+        for i, (path, _, dtype) in enumerate(meta[group])
+    }
 
 
 def _weight_tolerance(ref):
