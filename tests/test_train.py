@@ -246,7 +246,7 @@ def test_sigkill_and_restart_gives_the_same_weights(data_dir, tmp_path):
     )  # fmt: skip
 
     # A random step, reproducible: rerun with SCALEVIT_KILL_SEED=<printed seed>.
-    # On JAX the kill lands while an Orbax save is in flight: the
+    # On JAX the kill lands while an (asynchronous) Orbax save is in flight: the
     # first one after that step.
     command = train_command(config_path, killed_dir, total)
     killed = sigkill_at_random_step(
@@ -599,6 +599,45 @@ def test_orbax_checkpoint_is_refused_off_jax(data_dir, tmp_path):
     assert str(workdir / "checkpoint") in str(info.value)
     assert BACKEND in str(info.value)
     assert sorted(os.listdir(workdir)) == ["checkpoint"]  # nothing written
+
+
+@pytest.mark.skipif(
+    BACKEND != "jax", reason="Orbax, the asynchronous writer, is the JAX backend's"
+)
+def test_asynchronous_save_holds_the_values_of_its_step(tmp_path):
+    """Training goes on (its compiled steps donate the variables' buffers) while
+    a save is written; the committed checkpoint holds the values saved."""
+    model = keras.Sequential(
+        [keras.Input((512,)), keras.layers.Dense(1024, name="dense")], name="net"
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 512)).astype("float32")
+    y = rng.normal(size=(64, 1024)).astype("float32")
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # built, optimizer too
+
+    def values():
+        variables = model.variables + model.optimizer.variables
+        return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
+
+    expected = values()
+    path = tmp_path / "checkpoint"
+    ckpt = train.OrbaxCheckpointer(path)
+    try:
+        ckpt.save(model, step=1, fingerprint={})
+        assert not (path / "1").exists()  # returned before the commit
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 8 more steps
+        ckpt.wait()
+        assert (path / "1").is_dir()
+        meta, arrays = ckpt.read()
+    finally:
+        ckpt.close()
+    saved = [arrays[f"model/{i}"] for i in range(len(meta["model"]))]
+    saved += [arrays[f"optimizer/{i}"] for i in range(len(meta["optimizer"]))]
+    assert len(saved) == len(expected)
+    for got, want in zip(saved, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(values()[0], expected[0])  # training did go on
 
 
 def test_stale_checkpoint_temp_files_are_removed_at_start(

@@ -25,7 +25,9 @@ Workdir contents:
   Both are committed atomically, so a killed run always leaves a complete
   checkpoint: Orbax writes ``checkpoint/<step>.orbax-checkpoint-tmp*/`` and
   renames it, the ``.npz`` writer ``checkpoint.npz.tmp-<pid>`` and
-  ``os.replace``; a kill during a save resumes from the step before. Temp
+  ``os.replace``. Orbax saves are asynchronous (training continues while the
+  files are written; the run waits for the last one before its final record and
+  before `main` returns); a kill during one resumes from the step before. Temp
   files and folders of saves that were killed are removed when the next run
   starts (one run per workdir at a time). A JAX workdir that already holds a
   ``checkpoint.npz`` (written before JAX runs used Orbax) resumes from it and

@@ -194,8 +194,8 @@ def main(config, workdir):
 def _main(config, workdir, distribution):
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    # Orbax on JAX (sharded under a mesh, every process its shards),
-    # checkpoint.npz on TensorFlow and torch (and for a JAX workdir that
+    # Orbax on JAX (asynchronous; sharded under a mesh, every process its
+    # shards), checkpoint.npz on TensorFlow and torch (and for a JAX workdir that
     # already holds one); the same interface either way.
     checkpointer = make_checkpointer(workdir)
     try:
@@ -384,7 +384,7 @@ def _run(config, workdir, distribution, checkpointer):
             fewshot_cb.set_model(model)
             fewshot_cb.on_train_begin()
             fewshot_cb.on_train_end()
-    # The last checkpoint is committed before anything
+    # The last checkpoint (asynchronous on Orbax) is committed before anything
     # reports the run as finished: the final record, the model, the preset.
     checkpointer.wait()
     if getattr(optimizer, "use_ema", False):

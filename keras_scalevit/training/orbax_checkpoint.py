@@ -1,4 +1,4 @@
-"""Orbax checkpoints (sharded, multi-host) behind `Checkpointer`'s interface.
+"""Orbax checkpoints (sharded, multi-host, asynchronous) behind one interface.
 
 On the JAX backend every new run checkpoints with `OrbaxCheckpointer`, on one
 device or under a mesh: the last checkpoint of a workdir lives in
@@ -7,7 +7,9 @@ Every process writes the shards it holds (nothing is gathered to one host); the
 step directory is written as ``<step>.orbax-checkpoint-tmp*`` and renamed
 once complete (Orbax commits it atomically), so a killed run leaves the
 previous step intact; the metadata (step, fingerprint, variable tables) is JSON
-beside the arrays. Restoring
+beside the arrays. Saves are asynchronous: `OrbaxCheckpointer.save` returns once
+the arrays are copied off the accelerator, and the files are written while
+training continues (the next save, `wait` and `close` wait for it). Restoring
 reads each array straight into the sharding of the variable it fills, so a
 checkpoint written under one mesh restores under another (or on one device).
 Nothing is unpickled.
@@ -46,9 +48,9 @@ class OrbaxCheckpointer:
 
     Args:
         path: the checkpoint directory, e.g. ``<workdir>/checkpoint``.
-        asynchronous: if True, `save` returns once the arrays are on the host
-            and writes the files in the background; `wait` (or the next `save`,
-            or `close`) returns once they are committed. If False (the default),
+        asynchronous: if True (the default), `save` returns once the arrays are
+            on the host and writes the files in the background; `wait` (or the
+            next `save`, or `close`) returns once they are committed. If False,
             `save` returns with the step committed.
 
     Example:
@@ -71,7 +73,7 @@ class OrbaxCheckpointer:
     >>> ckpt.close()  # doctest: +SKIP
     """
 
-    def __init__(self, path, *, asynchronous=False):
+    def __init__(self, path, *, asynchronous=True):
         self.path = os.fspath(path)
         self.asynchronous = bool(asynchronous)
         self._manager = None
@@ -154,8 +156,12 @@ class OrbaxCheckpointer:
     def save(self, model, step, fingerprint):
         """Writes model and optimizer variables at ``step`` (every process its shards).
 
-        Returns with the step committed (unless ``asynchronous``). Waits for the
-        previous save first.
+        Asynchronous: returns once Orbax holds host copies of the `jax.Array`s the
+        variables hold now, and commits the step in the background. Training may
+        go on meanwhile: Keras replaces the variables' arrays, and its compiled
+        step may donate their device buffers (on CPU, where the host copy can be
+        a view of the buffer, XLA does not reuse a buffer still viewed; tested).
+        Waits for the previous save first.
         """
         import orbax.checkpoint as ocp
 
@@ -283,7 +289,7 @@ def make_checkpointer(workdir):
     """The checkpointer of ``workdir``: Orbax on JAX, ``checkpoint.npz`` elsewhere.
 
     On the JAX backend a run writes Orbax checkpoints (`OrbaxCheckpointer`,
-    ``<workdir>/checkpoint/``, sharded under a mesh), on one device
+    ``<workdir>/checkpoint/``, asynchronous, sharded under a mesh), on one device
     too; a workdir that already holds a ``checkpoint.npz`` (a run begun before
     JAX runs wrote Orbax) resumes from it and goes on writing it (the ``.npz``
     reader assigns each array to its variable's sharding, so also under a mesh).
