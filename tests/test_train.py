@@ -247,7 +247,8 @@ def test_sigkill_and_restart_gives_the_same_weights(data_dir, tmp_path):
 
     # A random step, reproducible: rerun with SCALEVIT_KILL_SEED=<printed seed>.
     # On JAX the kill lands while an (asynchronous) Orbax save is in flight: the
-    # first one after that step.
+    # first one after that step. From step 21 on, the step-10 save is committed
+    # (the step-20 save waited for it), so there is always a step to resume from.
     command = train_command(config_path, killed_dir, total)
     killed = sigkill_at_random_step(
         command, _env(), killed_dir, kill_between=(21, 48),
