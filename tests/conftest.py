@@ -109,6 +109,7 @@ _FIXTURE_WORDS = re.compile(
     r"fixture_names|model_fixture_names|_require_fixtures)\b"
 )
 _TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
+_REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
 
 def _reaches_fixtures(func, seen):
@@ -152,6 +153,26 @@ def pytest_collection_modifyitems(config, items):
         items[:] = keep
 
 
+def jax_worker_env(devices=8):
+    """The environment of a JAX subprocess with ``devices`` CPU devices.
+
+    The repository on ``PYTHONPATH`` (the subprocess imports this checkout).
+    """
+    env = dict(os.environ)
+    env.update(
+        KERAS_BACKEND="jax",
+        XLA_FLAGS=(
+            env.get("XLA_FLAGS", "")
+            + f" --xla_force_host_platform_device_count={devices}"
+        ),
+        PYTHONPATH=os.pathsep.join([_REPO_ROOT, env.get("PYTHONPATH", "")]),
+        CUDA_VISIBLE_DEVICES="",
+        JAX_PLATFORMS="cpu",
+        TF_ENABLE_ONEDNN_OPTS="0",
+    )
+    return env
+
+
 def run_jax_worker(worker, out_dir, *, devices=8, timeout=600):
     """Runs ``python worker out_dir`` on the JAX backend with ``devices`` CPU devices.
 
@@ -161,25 +182,131 @@ def run_jax_worker(worker, out_dir, *, devices=8, timeout=600):
     import subprocess
     import sys
 
-    env = dict(os.environ)
-    env.update(
-        KERAS_BACKEND="jax",
-        XLA_FLAGS=(
-            env.get("XLA_FLAGS", "")
-            + f" --xla_force_host_platform_device_count={devices}"
-        ),
-        PYTHONPATH=os.pathsep.join(
-            [str(pathlib.Path(worker).resolve().parents[2]), env.get("PYTHONPATH", "")]
-        ),
-        CUDA_VISIBLE_DEVICES="",
-        JAX_PLATFORMS="cpu",
-    )
     proc = subprocess.run(
         [sys.executable, str(worker), str(out_dir)],
-        env=env,
+        env=jax_worker_env(devices),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+# ---------------------------------------------------------------- kill -9 and resume
+# A config module for the training subprocesses: digits with a tiny model.
+TINY_CONFIG = """
+from keras_scalevit.configs import digits
+
+
+def get_config(arg=None):
+    c = digits.get_config()
+    c.input.data.data_dir = {data_dir!r}
+    c.model.width = 32
+    c.model.depth = 1
+    c.model.num_heads = 2
+    c.model.mlp_dim = 64
+    c.input.batch_size = 32
+    c.total_steps = {total_steps}
+    c.ckpt_steps = 10
+    c.log_training_steps = 1
+    c.verbose = 0
+    c.evals.val.log_steps = 20
+    c.evals.fewshot = {{}}
+{extra}
+    return c
+"""
+
+
+def write_tiny_config(path, data_dir, total_steps=7, extra=()):
+    """Writes `TINY_CONFIG` to ``path``; ``extra``: more lines of ``get_config``."""
+    body = "".join(f"    {line}\n" for line in extra).rstrip("\n")
+    path = pathlib.Path(path)
+    path.write_text(
+        TINY_CONFIG.format(data_dir=str(data_dir), total_steps=total_steps, extra=body)
+    )
+    return path
+
+
+def train_command(config_path, workdir, total_steps, *flags):
+    """``python -m keras_scalevit.train`` with a config file, a workdir and flags."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "keras_scalevit.train",
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        f"--config.total_steps={total_steps}",
+        *flags,
+    ]
+
+
+def _last_step(metrics_path):
+    try:
+        with open(metrics_path) as f:
+            steps = [json.loads(line).get("step", 0) for line in f if line.strip()]
+        return max(steps, default=0)
+    except (OSError, json.JSONDecodeError):
+        return 0
+
+
+def _uncommitted_saves(workdir):
+    """The Orbax step folders being written (``checkpoint/<step>.orbax-checkpoint-tmp*``)."""
+    try:
+        names = os.listdir(os.path.join(workdir, "checkpoint"))
+    except OSError:
+        return []
+    return [n for n in names if ".orbax-checkpoint-tmp" in n]
+
+
+def sigkill_at_random_step(command, env, workdir, *, kill_between, during_save=False):
+    """Runs ``command`` (a training run) and SIGKILLs it at a random step.
+
+    The step is drawn from ``kill_between`` (low, high) with the seed
+    ``$SCALEVIT_KILL_SEED`` (printed; a new one each run otherwise) and read from
+    ``workdir/metrics.jsonl`` (the run must log every step). With
+    ``during_save`` the kill waits, from that step on, for an Orbax save in
+    flight (an uncommitted ``checkpoint/<step>.orbax-checkpoint-tmp*`` folder)
+    and lands while it is written. Rerunning the same command is the caller's.
+
+    Returns a dict: ``seed``, ``kill_at``, ``killed_at`` (the last logged step at
+    the kill) and ``uncommitted`` (the uncommitted save folders the kill left).
+    """
+    import signal
+    import subprocess
+    import time
+
+    seed = int(os.environ.get("SCALEVIT_KILL_SEED", time.time_ns() % 2**31))
+    kill_at = int(np.random.default_rng(seed).integers(*kill_between))
+    print(f"SCALEVIT_KILL_SEED={seed}: kill at step {kill_at}", flush=True)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 600
+        reached = False
+        while proc.poll() is None:
+            assert time.time() < deadline, "the training run did not progress"
+            reached = reached or _last_step(metrics) >= kill_at
+            if reached and (not during_save or _uncommitted_saves(workdir)):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            # Saves of the tiny model take milliseconds: look often for one.
+            time.sleep(0.0005 if reached else 0.005)
+        proc.wait()
+    finally:
+        if proc.poll() is None:  # the test stops it, whatever happened
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
+    result = dict(
+        seed=seed,
+        kill_at=kill_at,
+        killed_at=_last_step(metrics),
+        uncommitted=sorted(_uncommitted_saves(workdir)),
+    )
+    print(f"killed: {result}", flush=True)
+    return result

@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,31 +24,18 @@ from keras_scalevit.configs import digits, train_vit_g, vit_i1k
 from keras_scalevit.data import make_dataset, make_eval_dataset
 from keras_scalevit.models import count_params
 from keras_scalevit.optimizers import Adafactor
-from tests.conftest import BACKEND
+from tests.conftest import (
+    BACKEND,
+    sigkill_at_random_step,
+    train_command,
+    write_tiny_config,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A config module for the subprocess tests: digits with a tiny model.
-TINY_CONFIG = """
-from keras_scalevit.configs import digits
-
-
-def get_config(arg=None):
-    c = digits.get_config()
-    c.input.data.data_dir = {data_dir!r}
-    c.model.width = 32
-    c.model.depth = 1
-    c.model.num_heads = 2
-    c.model.mlp_dim = 64
-    c.input.batch_size = 32
-    c.total_steps = {total_steps}
-    c.ckpt_steps = 10
-    c.log_training_steps = 1
-    c.verbose = 0
-    c.evals.val.log_steps = 20
-    c.evals.fewshot = {{}}
-    return c
-"""
+# What a new run writes: an Orbax folder on JAX, checkpoint.npz elsewhere. The
+# tests read checkpoints through `make_checkpointer(workdir).read()` either way.
+CKPT = "checkpoint" if BACKEND == "jax" else "checkpoint.npz"
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +66,78 @@ def _read_jsonl(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _ckpt_arrays(path):
+def _read_ckpt(workdir):
+    """``(meta, {"model/<i>": array, ...})`` of the workdir's checkpoint."""
+    ckpt = train.make_checkpointer(str(workdir))
+    try:
+        return ckpt.read()
+    finally:
+        ckpt.close()
+
+
+def _snapshot(path):
+    """``{relative path: (bytes, mtime_ns)}`` of a file, or of every file in a folder."""
+    path = str(path)
+    files = [path]
+    if os.path.isdir(path):
+        files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+    out = {}
+    for f in sorted(files):
+        with open(f, "rb") as fh:
+            out[os.path.relpath(f, path)] = (fh.read(), os.stat(f).st_mtime_ns)
+    return out
+
+
+def _copy_ckpt(src_workdir, dst_workdir):
+    """Copies the checkpoint (file or folder) of one workdir into another."""
+    src, dst = os.path.join(src_workdir, CKPT), os.path.join(dst_workdir, CKPT)
+    os.makedirs(dst_workdir, exist_ok=True)
+    if os.path.isdir(src):
+        shutil.copytree(src, dst)
+    else:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def _orbax_step_dir(path):
+    (step,) = [n for n in os.listdir(path) if n.isdigit()]
+    return os.path.join(path, step)
+
+
+def _truncate_arrays(path):
+    """Truncates the checkpoint's array data to half, as a full disk would."""
+    if os.path.isdir(path):  # Orbax: every data file of the committed step's arrays
+        state = os.path.join(_orbax_step_dir(path), "state")
+        files = [
+            os.path.join(d, f)
+            for d, _, names in os.walk(state)
+            for f in names
+            if os.path.basename(d) == "d"  # OCDBT's data files
+        ]
+    else:
+        files = [path]
+    assert files, f"no array data found in {path}"
+    for f in files:
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+
+
+def _edit_fingerprint(path, **changes):
+    """Rewrites fields of the checkpoint's fingerprint in place (arrays untouched)."""
+    if os.path.isdir(path):  # Orbax: the JSON item beside the arrays
+        meta_file = os.path.join(_orbax_step_dir(path), "meta", "metadata")
+        with open(meta_file) as f:
+            meta = json.load(f)
+        meta["fingerprint"].update(changes)
+        with open(meta_file, "w") as f:
+            json.dump(meta, f)
+        return
     with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["__meta__"]))
-        return meta, {k: z[k] for k in z.files if k != "__meta__"}
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    meta["fingerprint"].update(changes)
+    arrays["__meta__"] = np.asarray(json.dumps(meta))
+    np.savez(path, **arrays)
 
 
 # ---------------------------------------------------------------- main, in process
@@ -100,8 +154,16 @@ def finished_run(data_dir, tmp_path_factory):
 
 def test_main_writes_outputs(finished_run):
     workdir, final = finished_run
-    for name in ("checkpoint.npz", "metrics.jsonl", "training_curves.png"):
+    for name in ("metrics.jsonl", "training_curves.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    # JAX writes Orbax (one committed step kept), TensorFlow and torch one .npz.
+    other = "checkpoint.npz" if BACKEND == "jax" else "checkpoint"
+    assert not os.path.exists(os.path.join(workdir, other))
+    if BACKEND == "jax":
+        steps = [n for n in os.listdir(os.path.join(workdir, CKPT)) if n[0].isdigit()]
+        assert steps == ["12"], steps
+    else:
+        assert os.path.getsize(os.path.join(workdir, CKPT)) > 0
     records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     train_steps = [r["step"] for r in records if "loss" in r and "lr" in r]
     assert train_steps == [2, 4, 6, 8, 10, 12]
@@ -110,52 +172,60 @@ def test_main_writes_outputs(finished_run):
     assert records[-1]["final"] and records[-1]["step"] == 12
     assert 0.0 <= final["val_prec@1"] <= 1.0
     assert {"fewshot/digits_1shot", "fewshot/digits_5shot"} <= set(final)
-    meta, _ = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))
+    meta, arrays = _read_ckpt(workdir)
     assert meta["step"] == 12
+    assert len(arrays) == len(meta["model"]) + len(meta["optimizer"])
+    for group in ("model", "optimizer"):
+        for i, (_, shape, dtype) in enumerate(meta[group]):
+            assert list(arrays[f"{group}/{i}"].shape) == shape
+            if dtype in ("float32", "bfloat16"):  # bfloat16: ml_dtypes, both writers
+                assert arrays[f"{group}/{i}"].dtype.name == dtype
+    assert any(d == "bfloat16" for _, _, d in meta["optimizer"])  # the momentum
     model = keras.models.load_model(os.path.join(workdir, "model.keras"))
     assert model.output_shape == (None, 10)
 
 
 def test_rerun_of_finished_run_does_not_train(finished_run, data_dir):
     workdir, final = finished_run
-    before = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))[1]
+    before = _read_ckpt(workdir)[1]
     again = train.main(tiny_config(data_dir), workdir)
-    after = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))[1]
+    after = _read_ckpt(workdir)[1]
     assert all(np.array_equal(before[k], after[k]) for k in before)
     assert again["val_prec@1"] == pytest.approx(final["val_prec@1"], abs=1e-6)
 
 
 def test_corrupt_checkpoint_raises_naming_the_file(finished_run, data_dir, tmp_path):
-    path = tmp_path / "checkpoint.npz"
-    data = open(os.path.join(finished_run[0], "checkpoint.npz"), "rb").read()
-    path.write_bytes(data[: len(data) // 2])  # truncated, as by a full disk
+    path = _copy_ckpt(finished_run[0], tmp_path)
+    _truncate_arrays(path)  # as by a full disk
     with pytest.raises(train.CheckpointError, match="corrupt") as info:
         train.main(tiny_config(data_dir), str(tmp_path))
-    assert str(path) in str(info.value)
+    assert path in str(info.value)
 
 
 def test_mismatched_checkpoint_raises_naming_the_file(finished_run, data_dir, tmp_path):
-    path = tmp_path / "checkpoint.npz"
-    path.write_bytes(open(os.path.join(finished_run[0], "checkpoint.npz"), "rb").read())
+    path = _copy_ckpt(finished_run[0], tmp_path)
     config = tiny_config(data_dir)
     config.model.width = 64  # a different model
     with pytest.raises(train.CheckpointError, match="does not match") as info:
         train.main(config, str(tmp_path))
-    assert str(path) in str(info.value) and "model" in str(info.value)
+    assert path in str(info.value) and "model" in str(info.value)
 
 
 # ---------------------------------------------------------------- exact resume
 
 
-def _command(config_path, workdir, total_steps):
-    return [
-        sys.executable,
-        "-m",
-        "keras_scalevit.train",
-        f"--config={config_path}",
-        f"--workdir={workdir}",
-        f"--config.total_steps={total_steps}",
-    ]
+def _assert_same_state(full, resumed):
+    """Model and optimizer arrays equal: bitwise on JAX, to round-off elsewhere."""
+    assert full.keys() == resumed.keys()
+    assert any(k.startswith("optimizer/") for k in full)
+    for k in full:
+        if BACKEND == "jax":
+            np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
+        else:  # XLA/TF and torch CPU kernels may reorder float sums
+            np.testing.assert_allclose(
+                resumed[k].astype(np.float64), full[k].astype(np.float64),
+                rtol=1e-5, atol=1e-6, err_msg=k,
+            )  # fmt: skip
 
 
 def _env():
@@ -164,69 +234,51 @@ def _env():
     return env
 
 
-def _last_step(metrics_path):
-    try:
-        with open(metrics_path) as f:
-            steps = [json.loads(line).get("step", 0) for line in f if line.strip()]
-        return max(steps, default=0)
-    except (OSError, json.JSONDecodeError):
-        return 0
-
-
 @pytest.mark.slow
 def test_sigkill_and_restart_gives_the_same_weights(data_dir, tmp_path):
     total = 60
-    config_path = tmp_path / "tiny_config.py"
-    config_path.write_text(TINY_CONFIG.format(data_dir=data_dir, total_steps=7))
+    config_path = write_tiny_config(tmp_path / "tiny_config.py", data_dir)
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
 
     subprocess.run(
-        _command(config_path, full_dir, total), env=_env(), check=True, timeout=600,
-        capture_output=True,
+        train_command(config_path, full_dir, total), env=_env(), check=True,
+        timeout=600, capture_output=True,
     )  # fmt: skip
 
     # A random step, reproducible: rerun with SCALEVIT_KILL_SEED=<printed seed>.
-    kill_seed = int(os.environ.get("SCALEVIT_KILL_SEED", time.time_ns() % 2**31))
-    kill_at = int(np.random.default_rng(kill_seed).integers(13, 48))
-    print(f"[{BACKEND}] SCALEVIT_KILL_SEED={kill_seed}: kill near step {kill_at}")
-    proc = subprocess.Popen(
-        _command(config_path, killed_dir, total),
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    metrics = killed_dir / "metrics.jsonl"
-    deadline = time.time() + 600
-    while _last_step(metrics) < kill_at and proc.poll() is None:
-        assert time.time() < deadline, "the training run did not progress"
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
-    ckpt_step = _ckpt_arrays(killed_dir / "checkpoint.npz")[0]["step"]
-    assert 10 <= ckpt_step < total, ckpt_step
-    print(f"[{BACKEND}] killed near step {kill_at}; checkpoint at {ckpt_step}")
-
-    subprocess.run(
-        _command(config_path, killed_dir, total), env=_env(), check=True, timeout=600,
-        capture_output=True,
+    # On JAX the kill lands while an (asynchronous) Orbax save is in flight: the
+    # first one after that step. From step 21 on, the step-10 save is committed
+    # (the step-20 save waited for it), so there is always a step to resume from.
+    command = train_command(config_path, killed_dir, total)
+    killed = sigkill_at_random_step(
+        command, _env(), killed_dir, kill_between=(21, 48),
+        during_save=BACKEND == "jax",
     )  # fmt: skip
+    ckpt_step = _read_ckpt(killed_dir)[0]["step"]
+    assert 10 <= ckpt_step <= killed["killed_at"] < total, (ckpt_step, killed)
+    if BACKEND == "jax":
+        # The step being written stays uncommitted; the previous one is restored.
+        in_flight = [int(n.split(".")[0]) for n in killed["uncommitted"]]
+        print(f"[{BACKEND}] in flight at the kill: {in_flight}")
+        assert in_flight and all(s > ckpt_step for s in in_flight), killed
+    print(f"[{BACKEND}] killed at step {killed['killed_at']}; checkpoint {ckpt_step}")
+
+    rerun = subprocess.run(
+        command, env=_env(), check=True, timeout=600, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert f"at step {ckpt_step}/{total}" in rerun.stdout, rerun.stdout[-2000:]
+    for name in killed["uncommitted"]:
+        assert name in rerun.stdout  # "Removed ..., left by a write ..."
+        assert not os.path.exists(killed_dir / "checkpoint" / name)
 
     # Model and optimizer state (momentum, factored statistics, step counter).
-    meta_a, full = _ckpt_arrays(full_dir / "checkpoint.npz")
-    meta_b, resumed = _ckpt_arrays(killed_dir / "checkpoint.npz")
+    meta_a, full = _read_ckpt(full_dir)
+    meta_b, resumed = _read_ckpt(killed_dir)
     assert meta_a["step"] == meta_b["step"] == total
-    assert full.keys() == resumed.keys()
-    assert any(k.startswith("optimizer/") for k in full)
-    if BACKEND == "jax":
-        for k in full:
-            np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
-    else:
-        for k in full:
-            np.testing.assert_allclose(
-                resumed[k], full[k], rtol=1e-5, atol=1e-6, err_msg=k
-            )
+    _assert_same_state(full, resumed)
     # The resumed metrics continue the log without repeating steps.
+    metrics = killed_dir / "metrics.jsonl"
     steps = [r["step"] for r in _read_jsonl(metrics) if "lr" in r]
     assert steps == list(range(1, total + 1))
 
@@ -367,10 +419,13 @@ def test_fine_tune_from_keras_file_with_polyak_averaging(
 # ---------------------------------------------------------------- the workdir
 
 
-def _copy_run(src, dst, names=("checkpoint.npz", "metrics.jsonl", "model.keras")):
+def _copy_run(src, dst, names=(CKPT, "metrics.jsonl", "model.keras")):
     os.makedirs(dst, exist_ok=True)
     for name in names:
-        shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+        if name == CKPT:
+            _copy_ckpt(src, dst)
+        else:
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
     return str(dst)
 
 
@@ -408,6 +463,22 @@ REFUSED_CHANGES = [
 ]
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_after_save_at(monkeypatch, step):
+    """Makes `TrainLoop.save` raise after the save of ``step`` (as if killed)."""
+    save = train.TrainLoop.save
+
+    def save_then_stop(self):
+        save(self)
+        if self.step == step:
+            raise _Interrupted
+
+    monkeypatch.setattr(train.TrainLoop, "save", save_then_stop)
+
+
 def _set(config, dotted, value):
     *parents, leaf = dotted.split(".")
     node = config
@@ -424,8 +495,8 @@ def test_resume_under_a_changed_result_field_is_refused(
     finished_run, data_dir, tmp_path, field, value
 ):
     workdir = _copy_run(finished_run[0], tmp_path / "w")
-    path = os.path.join(workdir, "checkpoint.npz")
-    before = open(path, "rb").read()
+    path = os.path.join(workdir, CKPT)
+    before = _snapshot(path)
     config = tiny_config(data_dir)
     old = config.get(field.split(".")[0])
     for part in field.split(".")[1:]:
@@ -445,7 +516,7 @@ def test_resume_under_a_changed_result_field_is_refused(
     if old is not None and not isinstance(old, (list, tuple, dict)):
         assert f"{field}: {old!r} → {value!r}" in message, message
     # Refused before anything was written.
-    assert open(path, "rb").read() == before
+    assert _snapshot(path) == before
     assert not os.path.exists(os.path.join(workdir, "config.json"))
 
 
@@ -453,11 +524,8 @@ def test_resume_from_a_checkpoint_of_another_backend_is_refused(
     finished_run, data_dir, tmp_path
 ):
     workdir = _copy_run(finished_run[0], tmp_path / "w")
-    path = os.path.join(workdir, "checkpoint.npz")
-    meta, arrays = _ckpt_arrays(path)
     other = "torch" if BACKEND != "torch" else "jax"
-    meta["fingerprint"]["backend"] = other
-    np.savez(path, __meta__=np.asarray(json.dumps(meta)), **arrays)
+    _edit_fingerprint(os.path.join(workdir, CKPT), backend=other)
     with pytest.raises(train.CheckpointError) as info:
         train.main(tiny_config(data_dir), workdir)
     differing = [
@@ -471,22 +539,12 @@ def test_cadence_fields_may_change_on_resume_and_give_the_same_weights(
 ):
     """Log, checkpoint, eval cadence and verbosity are not in the fingerprint."""
 
-    class Interrupted(Exception):
-        pass
-
-    save = train.TrainLoop.save
-
-    def save_then_stop(self):
-        save(self)
-        if self.step == 5:  # as if killed right after the first checkpoint
-            raise Interrupted
-
     workdir = str(tmp_path / "w")
-    monkeypatch.setattr(train.TrainLoop, "save", save_then_stop)
-    with pytest.raises(Interrupted):
+    _interrupt_after_save_at(monkeypatch, 5)  # as if killed after the first save
+    with pytest.raises(_Interrupted):
         train.main(tiny_config(data_dir), workdir)
     monkeypatch.undo()
-    assert _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))[0]["step"] == 5
+    assert _read_ckpt(workdir)[0]["step"] == 5
 
     config = tiny_config(data_dir)
     config.log_training_steps = 3
@@ -497,35 +555,117 @@ def test_cadence_fields_may_change_on_resume_and_give_the_same_weights(
     config.input.cache = False
     final = train.main(config, workdir)
     assert final["step"] == 12
-    _, full = _ckpt_arrays(os.path.join(finished_run[0], "checkpoint.npz"))
-    _, resumed = _ckpt_arrays(os.path.join(workdir, "checkpoint.npz"))
-    assert full.keys() == resumed.keys()
-    for k in full:
-        if BACKEND == "jax":
-            np.testing.assert_array_equal(resumed[k], full[k], err_msg=k)
-        else:  # as in the SIGKILL test: XLA/TF and torch CPU kernels may reorder
-            np.testing.assert_allclose(
-                resumed[k], full[k], rtol=1e-5, atol=1e-6, err_msg=k
-            )
+    _assert_same_state(_read_ckpt(finished_run[0])[1], _read_ckpt(workdir)[1])
     with open(os.path.join(workdir, "config.json")) as f:
         assert json.load(f)["ckpt_steps"] == 4  # the accepted run's config
+
+
+@pytest.mark.skipif(
+    BACKEND != "jax", reason="checkpoint.npz is what every run writes off JAX"
+)
+def test_jax_workdir_with_a_checkpoint_npz_resumes_from_it(
+    finished_run, data_dir, tmp_path, monkeypatch
+):
+    """A JAX run begun before JAX wrote Orbax (checkpoint.npz) still resumes."""
+    main_module = importlib.import_module("keras_scalevit.training.main")
+    workdir = str(tmp_path / "w")
+    npz = os.path.join(workdir, "checkpoint.npz")
+    monkeypatch.setattr(
+        main_module, "make_checkpointer", lambda w: train.Checkpointer(npz)
+    )
+    _interrupt_after_save_at(monkeypatch, 5)
+    with pytest.raises(_Interrupted):
+        train.main(tiny_config(data_dir), workdir)
+    monkeypatch.undo()
+    assert os.listdir(workdir) and not os.path.exists(os.path.join(workdir, CKPT))
+    ckpt = train.make_checkpointer(workdir)
+    assert isinstance(ckpt, train.Checkpointer) and ckpt.metadata()["step"] == 5
+
+    final = train.main(tiny_config(data_dir), workdir)
+    assert final["step"] == 12
+    assert not os.path.exists(os.path.join(workdir, CKPT))  # still the .npz
+    meta, resumed = train.read_checkpoint(npz)
+    assert meta["step"] == 12
+    _assert_same_state(_read_ckpt(finished_run[0])[1], resumed)
+
+
+@pytest.mark.skipif(
+    BACKEND == "jax", reason="JAX reads Orbax checkpoints; the refusal is off JAX"
+)
+def test_orbax_checkpoint_is_refused_off_jax(data_dir, tmp_path):
+    workdir = tmp_path / "w"
+    (workdir / "checkpoint" / "12" / "state").mkdir(parents=True)
+    with pytest.raises(train.CheckpointError, match="KERAS_BACKEND=jax") as info:
+        train.main(tiny_config(data_dir), str(workdir))
+    assert str(workdir / "checkpoint") in str(info.value)
+    assert BACKEND in str(info.value)
+    assert sorted(os.listdir(workdir)) == ["checkpoint"]  # nothing written
+
+
+@pytest.mark.skipif(
+    BACKEND != "jax", reason="Orbax, the asynchronous writer, is the JAX backend's"
+)
+def test_asynchronous_save_holds_the_values_of_its_step(tmp_path):
+    """Training goes on (its compiled steps donate the variables' buffers) while
+    a save is written; the committed checkpoint holds the values saved."""
+    model = keras.Sequential(
+        [keras.Input((512,)), keras.layers.Dense(1024, name="dense")], name="net"
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 512)).astype("float32")
+    y = rng.normal(size=(64, 1024)).astype("float32")
+    model.fit(x, y, batch_size=64, epochs=1, verbose=0)  # built, optimizer too
+
+    def values():
+        variables = model.variables + model.optimizer.variables
+        return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables]
+
+    expected = values()
+    path = tmp_path / "checkpoint"
+    ckpt = train.OrbaxCheckpointer(path)
+    try:
+        ckpt.save(model, step=1, fingerprint={})
+        assert not (path / "1").exists()  # returned before the commit
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # 8 more steps
+        ckpt.wait()
+        assert (path / "1").is_dir()
+        meta, arrays = ckpt.read()
+    finally:
+        ckpt.close()
+    saved = [arrays[f"model/{i}"] for i in range(len(meta["model"]))]
+    saved += [arrays[f"optimizer/{i}"] for i in range(len(meta["optimizer"]))]
+    assert len(saved) == len(expected)
+    for got, want in zip(saved, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(values()[0], expected[0])  # training did go on
 
 
 def test_stale_checkpoint_temp_files_are_removed_at_start(
     finished_run, data_dir, tmp_path
 ):
     workdir = _copy_run(finished_run[0], tmp_path / "w")
-    stale = [os.path.join(workdir, f"checkpoint.npz.tmp-{pid}") for pid in (123, 4567)]
+    ckpt = os.path.join(workdir, CKPT)
+    committed = sorted(os.listdir(ckpt)) if BACKEND == "jax" else None
+    if BACKEND == "jax":  # Orbax's step folders of saves killed before their commit
+        # (this Orbax names them `<step>.orbax-checkpoint-tmp`, others add `-<n>`)
+        stale = [
+            os.path.join(ckpt, "13.orbax-checkpoint-tmp"),
+            os.path.join(ckpt, "24.orbax-checkpoint-tmp-4567"),
+        ]
+    else:
+        stale = [f"{ckpt}.tmp-{pid}" for pid in (123, 4567)]
     for path in stale:
+        if BACKEND == "jax":
+            os.makedirs(os.path.join(path, "state"))
+            path = os.path.join(path, "state", "half")
         with open(path, "wb") as f:
             f.write(b"half a checkpoint")
     train.main(tiny_config(data_dir), workdir)
     assert not any(os.path.exists(p) for p in stale)
-    assert sorted(os.listdir(workdir)) == [
-        "checkpoint.npz",
-        "metrics.jsonl",
-        "model.keras",
-    ]
+    assert sorted(os.listdir(workdir)) == [CKPT, "metrics.jsonl", "model.keras"]
+    if BACKEND == "jax":
+        assert sorted(os.listdir(ckpt)) == committed
 
 
 def test_refused_resume_leaves_config_json_untouched(finished_run, data_dir, tmp_path):
@@ -543,29 +683,29 @@ def test_refused_resume_leaves_config_json_untouched(finished_run, data_dir, tmp
 
 def test_rerun_of_finished_run_rewrites_nothing(finished_run, data_dir, tmp_path):
     workdir = _copy_run(finished_run[0], tmp_path / "w")
-    names = ("checkpoint.npz", "metrics.jsonl", "model.keras")
-    before = {n: open(os.path.join(workdir, n), "rb").read() for n in names}
-    mtimes = {n: os.stat(os.path.join(workdir, n)).st_mtime_ns for n in names}
+    before = _snapshot(workdir)  # contents and mtimes, the checkpoint's files too
+    assert any(k.startswith(CKPT) for k in before)
     again = train.main(tiny_config(data_dir), workdir)
     assert again == _read_jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
     assert again["final"] and again["step"] == 12 and "train_wall_s" in again
-    for n in names:
-        assert open(os.path.join(workdir, n), "rb").read() == before[n], n
-        assert os.stat(os.path.join(workdir, n)).st_mtime_ns == mtimes[n], n
+    after = _snapshot(workdir)
+    assert after.keys() == before.keys()
+    for name in before:
+        assert after[name] == before[name], name
 
 
 def test_run_killed_after_its_last_checkpoint_is_completed(
     finished_run, data_dir, tmp_path
 ):
     """Final checkpoint written, but no final record / model.keras yet."""
-    workdir = _copy_run(finished_run[0], tmp_path / "w", names=("checkpoint.npz",))
+    workdir = _copy_run(finished_run[0], tmp_path / "w", names=(CKPT,))
     records = _read_jsonl(os.path.join(finished_run[0], "metrics.jsonl"))
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         for r in records[:-1]:
             f.write(json.dumps(r) + "\n")
-    ckpt = open(os.path.join(workdir, "checkpoint.npz"), "rb").read()
+    ckpt = _snapshot(os.path.join(workdir, CKPT))
     final = train.main(tiny_config(data_dir), workdir)
-    assert open(os.path.join(workdir, "checkpoint.npz"), "rb").read() == ckpt
+    assert _snapshot(os.path.join(workdir, CKPT)) == ckpt
     assert final["step"] == 12 and "train_wall_s" not in final  # nothing trained
     assert final["val_prec@1"] == pytest.approx(records[-1]["val_prec@1"], abs=1e-6)
     assert os.path.exists(os.path.join(workdir, "model.keras"))

@@ -1,9 +1,12 @@
 """Checkpoints: one ``.npz`` per workdir, written atomically, read without pickle.
 
-`Checkpointer` is the one interface the training loop uses (``exists``,
-``metadata``, ``check``, ``save``, ``restore``, ``remove_stale``); the
-module-level functions are the same operations on a path. A sharded or
-asynchronous writer (e.g. Orbax) can replace it behind the same methods.
+`Checkpointer` is the ``.npz`` side of the one interface the training loop uses
+(``exists``, ``metadata``, ``check``, ``save``, ``wait``, ``restore``, ``read``,
+``remove_stale``, ``close``); the module-level functions are the same operations
+on a path. On the JAX backend new runs write Orbax checkpoints instead
+(`keras_scalevit.training.orbax_checkpoint.OrbaxCheckpointer`, same methods);
+``checkpoint.npz`` is what TensorFlow and torch runs write, and what JAX runs
+begun before Orbax wrote (they resume from it).
 """
 
 import glob
@@ -187,6 +190,38 @@ def _read(path, arrays=True):
     return meta, values
 
 
+def read_checkpoint(path):
+    """The metadata and arrays of checkpoint ``path``, as NumPy, by name.
+
+    Returns ``(meta, arrays)``: ``meta`` as `read_checkpoint_meta` gives it and
+    ``arrays`` ``{"model/<i>": ..., "optimizer/<i>": ...}`` in the order of the
+    tables ``meta["model"]`` and ``meta["optimizer"]``; bfloat16 variables come
+    back as ``ml_dtypes.bfloat16`` arrays (`OrbaxCheckpointer.read` gives the same).
+
+    Example:
+    >>> import os, tempfile
+    >>> import keras
+    >>> from keras_scalevit.training import read_checkpoint, save_checkpoint
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile(optimizer="sgd", loss="mse")
+    >>> model.optimizer.build(model.trainable_variables)
+    >>> path = os.path.join(tempfile.mkdtemp(), "checkpoint.npz")
+    >>> save_checkpoint(path, model, step=3, fingerprint={})
+    >>> meta, arrays = read_checkpoint(path)
+    >>> meta["step"], arrays["model/0"].shape
+    (3, (4, 2))
+    """
+    meta, arrays = _read(path)
+    for group in ("model", "optimizer"):
+        for i, (_, _, dtype) in enumerate(meta.get(group) or ()):
+            key = f"{group}/{i}"
+            if dtype == "bfloat16" and key in arrays and arrays[key].dtype == np.uint16:
+                import ml_dtypes
+
+                arrays[key] = arrays[key].view(ml_dtypes.bfloat16)
+    return meta, arrays
+
+
 def remove_stale_temp_files(path):
     """Deletes ``<path>.tmp-<pid>`` files left by saves that were killed.
 
@@ -277,10 +312,12 @@ def restore_checkpoint(path, model, fingerprint):
 
 
 class Checkpointer:
-    """The checkpoint of one workdir: the interface the training loop uses.
+    """The ``.npz`` checkpoint of one workdir: the interface the training loop uses.
 
-    Today one ``.npz`` (`save_checkpoint` / `restore_checkpoint`); a sharded or
-    asynchronous implementation can take its place behind the same methods.
+    One file (`save_checkpoint` / `restore_checkpoint`), written synchronously
+    (``wait`` and ``close`` have nothing to wait for). TensorFlow and torch runs
+    use it, and JAX runs whose workdir already holds a ``checkpoint.npz``;
+    `make_checkpointer` picks it or `OrbaxCheckpointer` (same methods).
 
     Args:
         path: the checkpoint file, e.g. ``<workdir>/checkpoint.npz``.
@@ -325,6 +362,16 @@ class Checkpointer:
         """Writes model and optimizer variables at ``step``, atomically."""
         save_checkpoint(self.path, model, step, fingerprint)
 
+    def wait(self):
+        """Returns once the last save is on disk (at once: saves are synchronous)."""
+
+    def close(self):
+        """Waits for the last save and releases resources (nothing to release)."""
+
     def restore(self, model, fingerprint):
         """Loads the checkpoint into ``model`` and its optimizer; returns the step."""
         return restore_checkpoint(self.path, model, fingerprint)
+
+    def read(self):
+        """``(meta, {"model/<i>": array, "optimizer/<i>": array})``: see `read_checkpoint`."""
+        return read_checkpoint(self.path)

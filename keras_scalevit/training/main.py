@@ -214,14 +214,24 @@ def main(config, workdir):
 
 
 def _main(config, workdir, distribution):
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    # Orbax on JAX (asynchronous; sharded under a mesh, every process its
+    # shards), checkpoint.npz on TensorFlow and torch (and for a JAX workdir that
+    # already holds one); the same interface either way.
+    checkpointer = make_checkpointer(workdir)
+    try:
+        return _run(config, workdir, distribution, checkpointer)
+    finally:
+        # Whatever happened, no save is left half-written by this process: the
+        # last one started is committed (or failed) before `main` returns.
+        checkpointer.close()
+
+
+def _run(config, workdir, distribution, checkpointer):
     import keras_scalevit.data as kdata
     from keras_scalevit import losses
 
-    workdir = os.fspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    # Orbax (sharded, every process its shards) under a mesh on JAX, else the
-    # single checkpoint.npz; the same interface either way.
-    checkpointer = make_checkpointer(workdir, distribution)
     ckpt_path = checkpointer.path
     # Several processes (a pod): all train and save their checkpoint shards, the
     # first writes the files (metrics, config, model, preset, plot).
@@ -396,6 +406,9 @@ def _main(config, workdir, distribution):
             fewshot_cb.set_model(model)
             fewshot_cb.on_train_begin()
             fewshot_cb.on_train_end()
+    # The last checkpoint (asynchronous on Orbax) is committed before anything
+    # reports the run as finished: the final record, the model, the preset.
+    checkpointer.wait()
     if getattr(optimizer, "use_ema", False):
         # finalize_variable_values makes each weight share its buffer with the
         # average; on JAX a later compiled call donates the weight's buffer and

@@ -24,7 +24,7 @@ from train_mesh_worker import config, run  # noqa: E402
 
 if __name__ == "__main__":
     out, data_dir = sys.argv[1], sys.argv[2]
-    run(out, "multihost", data_dir, "data", None, interrupt=True, export=False)
+    run(out, "multihost", data_dir, "data", None, interrupt=True)
     assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
-    run(out, "multihost", data_dir, "data", None, export=False)
+    run(out, "multihost", data_dir, "data", None)
     del config

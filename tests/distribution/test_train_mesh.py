@@ -1,10 +1,13 @@
 """`main` under ``config.mesh``: the digits config trained on 8 CPU devices with data
 and FSDP parallelism equals one device; a checkpoint resumes exactly under the same
-mesh and restores under another one.
+mesh (after an exception, and after SIGKILL at a random step) and restores under
+another one.
 
 JAX-only (`keras.distribution`). The device count is fixed when JAX starts, so one
 subprocess (``train_mesh_worker.py``, 8 host devices) runs every scenario through
-`keras_scalevit.training.main` and leaves each run's workdir; the checks are here.
+`keras_scalevit.training.main` and leaves each run's workdir; the checks are here,
+reading the Orbax checkpoints whole on this process's one device
+(`make_checkpointer(workdir).read()`). The SIGKILL test runs the command line.
 """
 
 import json
@@ -13,11 +16,17 @@ import pathlib
 import subprocess
 import sys
 
-import ml_dtypes
 import numpy as np
 import pytest
 
-from tests.conftest import BACKEND, run_jax_worker
+from tests.conftest import (
+    BACKEND,
+    jax_worker_env,
+    run_jax_worker,
+    sigkill_at_random_step,
+    train_command,
+    write_tiny_config,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -45,22 +54,26 @@ def _losses(out, name):
     return np.array([r["loss"] for r in records if "loss" in r and "epoch" not in r])
 
 
-def _weights(out, name):
-    """The final checkpoint's model variables by path (the optimizer's too)."""
-    # One device writes checkpoint.npz; a mesh writes Orbax (``checkpoint/``),
-    # which the worker exported, read by Orbax itself, to the same layout.
-    path = out / name / ("checkpoint.npz" if name == "single" else "exported.npz")
-    with np.load(path, allow_pickle=False) as z:
-        meta = json.loads(str(z["__meta__"]))
-        assert meta["step"] == STEPS
-        arrays = {}
-        for group in ("model", "optimizer"):
-            for i, (path, _, dtype) in enumerate(meta[group]):
-                a = z[f"{group}/{i}"]
-                if dtype == "bfloat16":  # stored as its uint16 bits
-                    a = a.view(ml_dtypes.bfloat16)
-                arrays[f"{group}:{path}"] = (a, dtype)
-    return arrays
+def _weights(out, name, steps=STEPS):
+    """The final checkpoint's variables by path: ``{"model:<path>": (array, dtype)}``.
+
+    The optimizer's too (``"optimizer:<path>"``). Every run, on one device or
+    under a mesh, wrote Orbax; read whole here, on one device.
+    """
+    from keras_scalevit.training import OrbaxCheckpointer, make_checkpointer
+
+    ckpt = make_checkpointer(out / name)
+    assert isinstance(ckpt, OrbaxCheckpointer), ckpt
+    try:
+        meta, arrays = ckpt.read()
+    finally:
+        ckpt.close()
+    assert meta["step"] == steps
+    return {
+        f"{group}:{path}": (arrays[f"{group}/{i}"], dtype)
+        for group in ("model", "optimizer")
+        for i, (path, _, dtype) in enumerate(meta[group])
+    }
 
 
 def _weight_tolerance(ref):
@@ -194,4 +207,47 @@ def test_two_processes_train_like_one_and_resume_from_orbax(out):
     # order of the float32 sums (as above; measured 0 here).
     np.testing.assert_allclose(
         _losses(out, "multihost"), _losses(out, "data"), rtol=1e-6, atol=0
+    )
+
+
+def test_sigkill_under_fsdp_and_rerun_is_bitwise(tmp_path):
+    """The tiny digits run on the command line under fsdp (8 devices), SIGKILLed at
+    a random step (seed printed; ``SCALEVIT_KILL_SEED`` replays it) and rerun with
+    the same command, ends with the uninterrupted run's weights and optimizer
+    state, bit for bit."""
+    total = 40
+    config_path = write_tiny_config(
+        tmp_path / "tiny_config.py", tmp_path / "tfds", extra=["c.evals = None"]
+    )
+    flags = ("--config.mesh.strategy=fsdp", "--config.mesh.shape=8,1")
+    env = jax_worker_env(8)
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(
+        train_command(config_path, full, total, *flags), env=env, check=True,
+        capture_output=True, timeout=600,
+    )  # fmt: skip
+    command = train_command(config_path, killed, total, *flags)
+    # From step 21 on, a committed step (10 or later) is there to resume from.
+    info = sigkill_at_random_step(command, env, killed, kill_between=(21, 36))
+
+    from keras_scalevit.training import make_checkpointer
+
+    ckpt = make_checkpointer(killed)
+    ckpt_step = ckpt.metadata()["step"]
+    ckpt.close()
+    assert 10 <= ckpt_step <= info["killed_at"] < total, (ckpt_step, info)
+    rerun = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    assert f"at step {ckpt_step}/{total}" in rerun.stdout, rerun.stdout[-2000:]
+    print(f"killed at step {info['killed_at']}, resumed from {ckpt_step}")
+
+    ref, got = _weights(tmp_path, "full", total), _weights(tmp_path, "killed", total)
+    assert ref.keys() == got.keys()
+    assert any(k.startswith("optimizer:") for k in ref)
+    for key, (a, _) in ref.items():
+        np.testing.assert_array_equal(got[key][0], a, err_msg=key)
+    np.testing.assert_array_equal(
+        _losses(tmp_path, "killed"), _losses(tmp_path, "full")
     )

@@ -3,8 +3,8 @@
 Run as ``XLA_FLAGS=--xla_force_host_platform_device_count=8 KERAS_BACKEND=jax python
 tests/distribution/train_mesh_worker.py OUT_DIR`` (the device count is fixed when
 JAX starts, so the scenarios share this one process). For each scenario it writes
-``OUT_DIR/<name>/`` (the run's workdir: metrics.jsonl, checkpoint); the test reads
-them back.
+``OUT_DIR/<name>/`` (the run's workdir: metrics.jsonl, the Orbax checkpoint); the
+test reads them back.
 """
 
 import os
@@ -39,7 +39,7 @@ def config(data_dir, strategy=None, shape=None):
     return c
 
 
-def run(out, name, data_dir, strategy=None, shape=None, interrupt=False, export=True):
+def run(out, name, data_dir, strategy=None, shape=None, interrupt=False):
     t = time.time()
     workdir = os.path.join(out, name)
     save = TrainLoop.save
@@ -58,39 +58,6 @@ def run(out, name, data_dir, strategy=None, shape=None, interrupt=False, export=
     finally:
         TrainLoop.save = save
     print(f"{name}: {time.time() - t:.1f}s", flush=True)
-    if strategy is not None and export:
-        export_orbax(workdir)
-
-
-def export_orbax(workdir):
-    """Copies the run's Orbax checkpoint into ``checkpoint.npz``'s layout for the test.
-
-    Read with Orbax itself (not our restore), each array gathered here.
-    """
-    import json
-
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    directory = os.path.join(workdir, "checkpoint")
-    assert not os.path.exists(os.path.join(workdir, "checkpoint.npz"))
-    mngr = ocp.CheckpointManager(directory, item_names=("state", "meta"))
-    step = mngr.latest_step()
-    got = mngr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()
-        ),
-    )
-    arrays = {"__meta__": np.asarray(json.dumps(dict(got["meta"])))}
-    for group in ("model", "optimizer"):
-        for i, a in enumerate(got["state"][group]):
-            a = np.asarray(a)
-            arrays[f"{group}/{i}"] = (
-                a.view(np.uint16) if a.dtype.name == "bfloat16" else a
-            )
-    np.savez(os.path.join(workdir, "exported.npz"), **arrays)
-    mngr.close()
 
 
 if __name__ == "__main__":
