@@ -5,7 +5,8 @@ DATA_DIR`` with ``KERAS_DISTRIBUTION_JOB_ADDRESSES``,
 ``KERAS_DISTRIBUTION_NUM_PROCESSES`` and ``KERAS_DISTRIBUTION_PROCESS_ID`` set: the
 same command on every process, as on the hosts of a pod. `main` calls
 `keras.distribution.initialize`, trains under ``data`` on the 8 global devices,
-is interrupted after its step-2 Orbax checkpoint and resumes from it.
+is interrupted after its step-2 Orbax checkpoint and resumes from it; then trains
+under ``fsdp`` (weights sharded across the hosts) and exports the model.
 """
 
 import os
@@ -27,4 +28,6 @@ if __name__ == "__main__":
     run(out, "multihost", data_dir, "data", None, interrupt=True)
     assert jax.process_count() == 2 and jax.device_count() == 8, jax.devices()
     run(out, "multihost", data_dir, "data", None)
+    # Weights sharded across the two hosts: model.keras needs a cross-process gather.
+    run(out, "multihost_fsdp", data_dir, "fsdp", None)
     del config
