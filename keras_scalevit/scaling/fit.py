@@ -216,17 +216,21 @@ def fit_saturating_power_law(x, error, *, fixed_c=None, max_exponent=5.0):
     d = float(d * scale)
     b, c = float(b), float(c)
     r = _log_model(best.x, xs, fixed_c) - log_e
-    errs = _uncertainties(a, b, c, d, x, r, fixed_c is not None)
+    errs = _uncertainties(a, b, c, d, x, r, fixed_c is not None, scale)
     return PowerLawFit(
         a=a, b=b, c=c, d=d, **errs, x=tuple(x.tolist()), error=tuple(e.tolist()),
         rms_log_residual=float(np.sqrt(np.mean(r**2))),
     )  # fmt: skip
 
 
-def _uncertainties(a, b, c, d, x, r, c_fixed):
-    jac = _jacobian_abcd(a, b, c, d, x)
+def _uncertainties(a, b, c, d, x, r, c_fixed, scale):
+    # Columns scaled to the parameters' magnitudes (a by itself, d by the
+    # compute scale): in FLOPs, a can be ~1e40 and d ~1e12, and the unscaled
+    # JᵀJ would look singular for units alone. The covariance is the same.
+    units = np.array([max(abs(a), 1e-300), 1.0, 1.0, scale])
     free = [0, 1, 3] if c_fixed else [0, 1, 2, 3]
-    jac = jac[:, free]
+    units = units[free]
+    jac = _jacobian_abcd(a, b, c, d, x)[:, free] * units
     dof = x.size - len(free)
     out = {f"{k}_err": math.nan for k in PARAMETERS}
     if c_fixed:
@@ -237,7 +241,7 @@ def _uncertainties(a, b, c, d, x, r, c_fixed):
     jtj = jac.T @ jac
     if not np.all(np.isfinite(jtj)) or np.linalg.cond(jtj) > 1e15:
         return out
-    cov = np.linalg.inv(jtj) * sigma2
+    cov = np.linalg.inv(jtj) * sigma2 * np.outer(units, units)
     for i, k in zip(free, np.sqrt(np.abs(np.diag(cov))), strict=True):
         out[f"{PARAMETERS[i]}_err"] = float(k)
     return out

@@ -144,3 +144,18 @@ def test_lower_envelope_and_frontier():
 def test_bad_input(x, e, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fit_saturating_power_law(x, e, **kwargs)
+
+
+def test_uncertainties_do_not_depend_on_the_unit_of_compute():
+    # Compute in FLOPs (~1e9..1e14) makes a ~1e40-scale and d ~1e10-scale: the
+    # uncertainties must be those of the same points in small units, rescaled
+    # (b and c are unit-free, d scales with the unit), not NaN.
+    rng = np.random.default_rng(3)
+    x = np.logspace(0, 5, 12)
+    e = _law(x, **TRUE) * np.exp(0.02 * rng.standard_normal(x.size))
+    small = fit_saturating_power_law(x, e)
+    flops = fit_saturating_power_law(x * 1e9, e)
+    assert math.isfinite(small.b_err) and small.b_err > 0
+    for k in ("b", "c", "b_err", "c_err"):
+        assert getattr(flops, k) == pytest.approx(getattr(small, k), rel=1e-5), k
+    assert flops.d_err == pytest.approx(small.d_err * 1e9, rel=1e-5)
