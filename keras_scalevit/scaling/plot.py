@@ -19,8 +19,9 @@ def plot_scaling(
     """Draws runs and fitted laws as *Scaling Vision Transformers* Figure 2 does.
 
     Log-log axes, error against compute; each model size (``run[group_key]``) gets
-    one colour for its points and its fitted law (solid); the frontier law
-    (``fits[frontier_key]``) is black and dashed. Written with Matplotlib's Agg
+    one colour for its points and its fitted law (solid, drawn over the size's
+    own compute range); the frontier law (``fits[frontier_key]``) is black and
+    dashed over the whole range; the error axis spans the runs' errors. Written with Matplotlib's Agg
     backend (no display needed).
 
     Args:
@@ -78,12 +79,21 @@ def plot_scaling(
                 label=str(g),
             )
         if g in fits:
-            ax.plot(grid, fits[g].predict(grid), color=colours[g], lw=1.2, alpha=0.8)
+            # Over the size's own points (a little beyond): a per-size law is
+            # not a forecast far from the runs it was fitted to.
+            own = [float(r[x_key]) for r in pts] or list(getattr(fits[g], "x", ()))
+            span = grid
+            if own:
+                span = np.logspace(np.log10(min(own)) - 0.15, np.log10(max(own)) + 0.15)
+            ax.plot(span, fits[g].predict(span), color=colours[g], lw=1.2, alpha=0.8)
     if frontier_key in fits:
         f = fits[frontier_key]
         ax.plot(grid, f.predict(grid), "k--", lw=1.5, label=f"frontier: {f}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    errors = [float(r[error_key]) for r in runs if float(r[error_key]) > 0]
+    if errors:  # the runs decide the range, not an extrapolated law
+        ax.set_ylim(min(errors) / 2, max(errors) * 2)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
