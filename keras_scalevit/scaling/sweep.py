@@ -37,8 +37,9 @@ SIZES = {
     "w128d4": dict(width=128, depth=4, num_heads=4, mlp_dim=512),
 }
 # From 100 steps (~4 epochs; shorter runs sit at chance level, a plateau the law
-# does not describe) to 1600, doubling: 5 points per size.
-STEPS = (100, 200, 400, 800, 1600)
+# does not describe) to 1600, by factors of ~√2: 9 points per size, 5 degrees of
+# freedom for the 4 coefficients of each size's law.
+STEPS = (100, 141, 200, 283, 400, 566, 800, 1131, 1600)
 GRIDS = {
     "full": [(s, n) for s in SIZES for n in STEPS],
     "quick": [("w32d1", 10), ("w32d1", 20)],
