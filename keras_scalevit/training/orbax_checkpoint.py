@@ -14,6 +14,13 @@ reads each array straight into the sharding of the variable it fills, so a
 checkpoint written under one mesh restores under another (or on one device).
 Nothing is unpickled.
 
+Why `orbax.checkpoint` directly rather than `keras.callbacks.OrbaxCheckpoint`
+(Keras 3.15): the callback saves, but numbers its steps by the batches it has
+seen in this `fit` call (or by epoch), has no restore path into a built model
+and optimizer, and records no run fingerprint; exact resume needs the optimizer
+step, a check that the checkpoint belongs to this run, and a restore straight
+into each variable's sharding.
+
 TensorFlow and torch keep the single ``checkpoint.npz`` (`Checkpointer`, same
 methods; Orbax stores `jax.Array`s); so does a JAX run whose workdir already
 holds a ``checkpoint.npz`` (one begun before its runs wrote Orbax), which
