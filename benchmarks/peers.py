@@ -562,7 +562,7 @@ def _pythons(specs):
                 f"`--python` must be FRAMEWORK=PATH with FRAMEWORK among "
                 f"{FRAMEWORKS}, got {spec!r}."
             )
-        if not os.access(path, os.X_OK):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
             raise ValueError(f"`--python` {spec!r}: {path} is not an executable.")
         out[name] = path
     return out
