@@ -20,7 +20,10 @@ run_pytest() {
   log="$(mktemp)"
   python -m pytest "$@" 2>&1 | tee "${log}"
   local rc="${PIPESTATUS[0]}"
-  tail -n 1 "${log}" >>"${summaries}"
+  # pytest's closing line: the last one that counts results (a library may
+  # still print at interpreter exit, after it).
+  grep -E '^=*[[:space:]]*[0-9]+ (passed|failed|skipped|errors?|deselected)' "${log}" \
+    | tail -n 1 >>"${summaries}"
   rm -f "${log}"
   return "${rc}"
 }
