@@ -603,6 +603,40 @@ def test_orbax_checkpoint_is_refused_off_jax(data_dir, tmp_path):
 
 
 @pytest.mark.skipif(
+    BACKEND != "jax", reason="Orbax writes the JAX backend's checkpoints"
+)
+def test_orbax_info_logs_are_quiet(tmp_path):
+    """A save logs nothing below WARNING from Orbax (it logs each save, wait and
+    delete at INFO: ~100 lines per digits run), even with absl at INFO."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    handler, verbosity = Keep(), absl_logging.get_verbosity()
+    logging.getLogger("absl").addHandler(handler)
+    absl_logging.set_verbosity(absl_logging.INFO)
+    try:
+        ckpt = train.OrbaxCheckpointer(tmp_path / "checkpoint")
+        ckpt.save(model, step=1, fingerprint={})
+        ckpt.save(model, step=2, fingerprint={})
+        ckpt.close()
+    finally:
+        absl_logging.set_verbosity(verbosity)
+        logging.getLogger("absl").removeHandler(handler)
+    orbax = [r for r in records if "orbax" in r.pathname]
+    assert not [r for r in orbax if r.levelno < logging.WARNING], orbax[:3]
+
+
+@pytest.mark.skipif(
     BACKEND != "jax", reason="Orbax, the asynchronous writer, is the JAX backend's"
 )
 def test_asynchronous_save_holds_the_values_of_its_step(tmp_path):

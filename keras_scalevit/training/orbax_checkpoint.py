@@ -28,6 +28,7 @@ resumes from it. `make_checkpointer` picks the one a workdir uses.
 """
 
 import glob
+import logging
 import os
 import shutil
 
@@ -44,6 +45,23 @@ from keras_scalevit.training.checkpoint import (
 
 ORBAX_DIR_NAME = "checkpoint"
 _FORMAT = "orbax-1"
+
+
+class _OrbaxInfoFilter(logging.Filter):
+    """Drops Orbax's INFO records (~100 lines per run: every save, wait, delete)."""
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or (
+            os.sep + "orbax" + os.sep not in record.pathname
+        )
+
+
+def _quiet_orbax_info():
+    # Orbax logs through absl's one logger, shared with everything else that
+    # uses absl; only Orbax's own records below WARNING are dropped.
+    absl_logger = logging.getLogger("absl")
+    if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxInfoFilter())
 
 
 def _groups(model):
@@ -88,6 +106,8 @@ class OrbaxCheckpointer:
     def _mngr(self):
         if self._manager is None:
             import orbax.checkpoint as ocp
+
+            _quiet_orbax_info()
 
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=1,
