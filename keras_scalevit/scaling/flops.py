@@ -36,6 +36,7 @@ from keras_scalevit.utils.validation import (
     check_choice,
     check_int,
     check_kwargs,
+    check_non_negative_float,
     check_positive_int,
     check_probability,
 )
@@ -179,8 +180,6 @@ def tpu_v3_core_days(flops, *, utilization):
     ...                        utilization=0.4), 1)
     4.5
     """
-    from keras_scalevit.utils.validation import check_non_negative_float
-
     flops = check_non_negative_float("flops", flops)
     utilization = check_probability("utilization", utilization, allow_one=True)
     if utilization == 0:

@@ -46,6 +46,35 @@ def _variable_table(variables, strip_scope=False):
     return [[name(v), list(v.shape), str(v.dtype)] for v in variables]
 
 
+def _groups(model):
+    return (("model", model.variables), ("optimizer", model.optimizer.variables))
+
+
+def _check_variable_tables(path, meta, model):
+    """Raises `CheckpointError` unless ``meta``'s variable tables are ``model``'s.
+
+    Names, shapes and dtypes of the model's and its optimizer's variables, in
+    order. Returns ``[(group, variables, table), ...]`` for the caller to fill.
+    """
+    groups = []
+    for group, variables in _groups(model):
+        table = _variable_table(variables, group == "optimizer")
+        saved = meta.get(group)
+        if saved is None or len(saved) != len(table):
+            raise _mismatch(
+                path,
+                f"{group} has {len(table)} variables, the checkpoint "
+                f"{None if saved is None else len(saved)}",
+            )
+        for i, (mine, theirs) in enumerate(zip(table, saved, strict=True)):
+            if mine != theirs:
+                raise _mismatch(
+                    path, f"{group} variable {i} is {mine}, checkpoint has {theirs}"
+                )
+        groups.append((group, variables, table))
+    return groups
+
+
 def save_checkpoint(path, model, step, fingerprint):
     """Writes model + optimizer variables and ``step`` atomically to ``path``.
 
@@ -75,10 +104,7 @@ def save_checkpoint(path, model, step, fingerprint):
     """
     arrays, meta = {}, {"format": _CKPT_FORMAT, "step": int(step)}
     meta["fingerprint"] = fingerprint
-    for group, variables in (
-        ("model", model.variables),
-        ("optimizer", model.optimizer.variables),
-    ):
+    for group, variables in _groups(model):
         meta[group] = _variable_table(variables, group == "optimizer")
         for i, v in enumerate(variables):
             a = np.asarray(keras.ops.convert_to_numpy(v.value))
@@ -270,36 +296,15 @@ def restore_checkpoint(path, model, fingerprint):
     ...     print(str(e).splitlines()[1])
       lr: '0.1' → '0.2'
     """
-    meta, arrays = _read(path)
+    meta, arrays = read_checkpoint(path)
     check_fingerprint(path, meta.get("fingerprint", {}), fingerprint)
     values = []
-    for group, variables in (
-        ("model", model.variables),
-        ("optimizer", model.optimizer.variables),
-    ):
-        table = _variable_table(variables, group == "optimizer")
-        saved_table = meta.get(group)
-        if saved_table is None or len(saved_table) != len(table):
-            raise _mismatch(
-                path,
-                f"{group} has {len(table)} variables, the checkpoint "
-                f"{None if saved_table is None else len(saved_table)}",
-            )
-        for i, (v, mine, theirs) in enumerate(
-            zip(variables, table, saved_table, strict=True)
-        ):
-            if mine != theirs:
-                raise _mismatch(
-                    path, f"{group} variable {i} is {mine}, checkpoint has {theirs}"
-                )
+    for group, variables, table in _check_variable_tables(path, meta, model):
+        for i, (v, mine) in enumerate(zip(variables, table, strict=True)):
             key = f"{group}/{i}"
             if key not in arrays:
                 raise CheckpointError(f"Checkpoint {path} is corrupt: no {key!r}.")
             a = arrays[key]
-            if theirs[2] == "bfloat16" and a.dtype == np.uint16:
-                import ml_dtypes
-
-                a = a.view(ml_dtypes.bfloat16)
             if list(a.shape) != mine[1]:
                 raise CheckpointError(
                     f"Checkpoint {path} is corrupt: {key} ({mine[0]}) has shape "

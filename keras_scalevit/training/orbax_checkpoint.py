@@ -38,7 +38,8 @@ from keras_scalevit.training.checkpoint import (
     CHECKPOINT_NAME,
     Checkpointer,
     CheckpointError,
-    _mismatch,
+    _check_variable_tables,
+    _groups,
     _variable_table,
     check_fingerprint,
 )
@@ -62,10 +63,6 @@ def _quiet_orbax_info():
     absl_logger = logging.getLogger("absl")
     if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
         absl_logger.addFilter(_OrbaxInfoFilter())
-
-
-def _groups(model):
-    return (("model", model.variables), ("optimizer", model.optimizer.variables))
 
 
 class OrbaxCheckpointer:
@@ -251,21 +248,7 @@ class OrbaxCheckpointer:
         meta = self.metadata()
         check_fingerprint(self.path, meta.get("fingerprint", {}), fingerprint)
         target = {}
-        for group, variables in _groups(model):
-            table = _variable_table(variables, group == "optimizer")
-            saved = meta.get(group)
-            if saved is None or len(saved) != len(table):
-                raise _mismatch(
-                    self.path,
-                    f"{group} has {len(table)} variables, the checkpoint "
-                    f"{None if saved is None else len(saved)}",
-                )
-            for i, (mine, theirs) in enumerate(zip(table, saved, strict=True)):
-                if mine != theirs:
-                    raise _mismatch(
-                        self.path,
-                        f"{group} variable {i} is {mine}, checkpoint has {theirs}",
-                    )
+        for group, variables, _ in _check_variable_tables(self.path, meta, model):
             target[group] = [
                 jax.ShapeDtypeStruct(
                     v.value.shape, v.value.dtype, sharding=v.value.sharding
