@@ -374,6 +374,40 @@ class Adafactor(BigVisionOptimizer):
             update = new_m
         return update
 
+    def _torch_direction(self, gradient, variable, index, values):
+        # `_direction` in eager torch: the kernels Keras' ops call, in the same
+        # order (bitwise equal), with the state updated in place.
+        import torch
+
+        beta2, one_minus = values["beta2"], values["one_minus_beta2"]
+        neg_half = ops.convert_to_tensor(-0.5)  # ops.power's exponent tensor
+        grad_sq = torch.square(gradient).add_(_float32(self.epsilon))
+        axes = self._axes[index]
+        if axes is None:
+            v = self._vs[index].value
+            v.mul_(beta2).add_(grad_sq.mul_(one_minus))
+            update = torch.pow(v, neg_half).mul_(gradient)
+        else:
+            a1, a0 = axes
+            v_row, v_col = self._v_rows[index].value, self._v_cols[index].value
+            v_row.mul_(beta2).add_(torch.mean(grad_sq, (a0,)).mul_(one_minus))
+            v_col.mul_(beta2).add_(torch.mean(grad_sq, (a1,)).mul_(one_minus))
+            row_axis = a1 - 1 if a1 > a0 else a1
+            row_mean = torch.mean(v_row, (row_axis,), True)
+            row_factor = torch.div(v_row, row_mean).pow_(neg_half)
+            update = torch.mul(gradient, row_factor.unsqueeze(a0))
+            update.mul_(torch.pow(v_col, neg_half).unsqueeze(a1))
+        if self.clipping_threshold is not None:
+            rms = torch.sqrt(torch.mean(torch.square(update)))
+            scale = torch.div(rms, _float32(self.clipping_threshold))
+            update.div_(torch.maximum(ops.convert_to_tensor(1.0), scale))
+        if self._use_momentum:
+            m = self._momentums[index].value
+            decayed = torch.mul(m.to(torch.float32), self._momentum_in_dtype)
+            update.mul_(self._one_minus_momentum).add_(decayed)
+            m.copy_(update)
+        return update
+
     def get_config(self):
         config = super().get_config()
         config.update(

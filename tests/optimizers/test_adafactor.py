@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import BACKEND
 
-from keras_scalevit.optimizers import Adafactor, factored_axes
+from keras_scalevit.optimizers import Adafactor, MomentumHP, factored_axes
 from keras_scalevit.schedules import create_learning_rate_schedule
 
 pytestmark = pytest.mark.filterwarnings(
@@ -542,3 +542,74 @@ def test_momentum_follows_layout_and_statistics_stay_factored():
     assert _pad(attn["v_col"]["spec"], 2) == [None, "model"]
     for var in (up, down, attn):
         assert "v" not in var
+
+
+# --- eager torch path (same kernels, bitwise) ---------------------------------------
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the eager-torch update is torch's")
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda clip: Adafactor(
+            0.05,
+            weight_decay=0.03,
+            weight_decay_multipliers=PAPER_WD_MULTS,
+            learning_rate_multipliers=[("hidden/bias", 2.0)],
+            schedule=SCHED,
+            schedule_kwargs={"total_steps": 8},
+            global_clipnorm=clip,
+        ),
+        lambda clip: Adafactor(
+            0.03,
+            momentum=None,
+            clipping_threshold=0.5,
+            decay_offset=-2,
+            min_dim_size_to_factor=40,
+            weight_decay=0.1,
+            global_clipnorm=clip,
+        ),
+        lambda clip: Adafactor(
+            0.02,
+            momentum_dtype="float32",
+            schedule=[("head/.*", None), (".*", {"decay_type": "cosine"})],
+            schedule_kwargs={"total_steps": 6},
+            learning_rate_multipliers=[(".*/bias", 3.0)],
+        ),
+        lambda clip: MomentumHP(0.1, nesterov=True, weight_decay=0.01),
+    ],
+    ids=["paper-bf16-clipnorm", "no-momentum-rms-clip", "groups-frozen", "momentum_hp"],
+)
+def test_eager_torch_update_is_bitwise_the_keras_ops_update(make):
+    rng = np.random.default_rng(5)
+    shapes = {
+        "hidden/kernel": (40, 48),
+        "hidden/bias": (48,),
+        "attn/kernel": (48, 4, 40),  # 3-D: factored over its two largest axes
+        "head/kernel": (48, 3),
+    }
+    params = {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in shapes.items()}
+    grads = [
+        {k: (rng.normal(0, 1, s) * 0.1).astype(np.float32) for k, s in shapes.items()}
+        for _ in range(6)
+    ]
+    norms = [
+        np.sqrt(sum(np.sum(np.float64(x) ** 2) for x in g.values())) for g in grads
+    ]
+    clip = float(np.median(norms))  # about half of the steps are clipped
+    results = []
+    for eager in (True, False):
+        variables = _variables(params)
+        optimizer = make(clip)
+        optimizer._eager_torch_update = eager
+        for g in grads:
+            optimizer.apply([g[k] for k in variables], list(variables.values()))
+        results.append(
+            [_np(v) for v in variables.values()] + [_np(v) for v in optimizer.variables]
+        )
+    fast, keras_ops = results
+    assert len(fast) == len(keras_ops)
+    for a, b in zip(fast, keras_ops, strict=True):
+        np.testing.assert_array_equal(a, b)
+    moved = [not np.array_equal(_np(v), params[k]) for k, v in variables.items()]
+    assert sum(moved) >= 3  # the frozen head stays, everything else trained
