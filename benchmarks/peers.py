@@ -49,6 +49,7 @@ FRAMEWORKS = (
     "ours-jax",
     "ours-tensorflow",
     "ours-torch",
+    "ours-tensorflow-onednn",
     "timm",
     "keras-hub",
 )
@@ -184,8 +185,15 @@ def _keras_runner(framework, item, torch_compile=False):
         )
     x, y, _ = _data(item)
     x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
-    jit = torch_compile if backend == "torch" else True
-    info = {}
+    info = (
+        {"tf_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+        if backend == "tensorflow"
+        else {}
+    )
+    # What a user gets from `compile()`: Keras' "auto" is XLA on JAX (and on
+    # TensorFlow with an accelerator), TensorFlow graph mode on a CPU-only machine,
+    # eager on torch; --torch-compile asks for torch.compile.
+    jit = True if (torch_compile and backend == "torch") else "auto"
     if item["kind"] == "train":
         if item["opt"] == "adamw":
             opt = keras.optimizers.AdamW(LR, weight_decay=WD)
@@ -197,6 +205,7 @@ def _keras_runner(framework, item, torch_compile=False):
             )
         loss = keras.losses.CategoricalCrossentropy(from_logits=True)
         model.compile(optimizer=opt, loss=loss, jit_compile=jit)
+        info["jit_compile"] = bool(model.jit_compile)
 
         def step():
             model.train_on_batch(x, y)
@@ -214,6 +223,7 @@ def _keras_runner(framework, item, torch_compile=False):
             info["hlo"] = _jax_cost(jax.jit(model.train_step), state, (x, y))
     else:
         model.compile(jit_compile=jit)
+        info["jit_compile"] = bool(model.jit_compile)
 
         def step():
             keras.ops.convert_to_numpy(model.predict_on_batch(x))
@@ -405,9 +415,12 @@ def _matmul_peak(framework):
 def worker(framework, items, big_vision_dir, torch_compile):
     """Builds every item, then answers ``run`` requests on stdin with timings."""
     if framework.startswith("ours-") or framework == "keras-hub":
-        backend = framework.split("-", 1)[1] if framework.startswith("ours-") else "jax"
+        backend = framework.split("-")[1] if framework.startswith("ours-") else "jax"
         os.environ["KERAS_BACKEND"] = backend
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+        if framework == "ours-tensorflow-onednn":
+            # keras_scalevit leaves TensorFlow's oneDNN kernels off unless the
+            # environment turns them on (README, "Speed").
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
 
     def reply(obj):
         sys.__stdout__.write(json.dumps(obj) + "\n")
