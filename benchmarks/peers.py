@@ -5,6 +5,12 @@ timm's ViT, keras-hub's ViT); the parent runs the items in interleaved rounds, o
 worker at a time, so a drift of the machine hits every framework alike, and reports
 each framework's median time relative to a reference (big_vision when present).
 
+Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile="auto"``):
+XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
+on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` runs with
+keras_scalevit's default of TensorFlow's oneDNN kernels off; ``ours-tensorflow-onednn``
+turns them on (``TF_ENABLE_ONEDNN_OPTS=1``, TensorFlow's own default on x86 Linux).
+
 Items (224 px, 1000 classes, float32):
 
 - ``train_s16_adamw_gap``: ViT-S/16 train step, batch 8, AdamW, global average pool.
@@ -417,10 +423,10 @@ def worker(framework, items, big_vision_dir, torch_compile):
     if framework.startswith("ours-") or framework == "keras-hub":
         backend = framework.split("-")[1] if framework.startswith("ours-") else "jax"
         os.environ["KERAS_BACKEND"] = backend
-        if framework == "ours-tensorflow-onednn":
-            # keras_scalevit leaves TensorFlow's oneDNN kernels off unless the
-            # environment turns them on (README, "Speed").
-            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
+        # TensorFlow reads this once, when Keras imports it: keras_scalevit's default
+        # (oneDNN off) only holds when it is imported first; set it either way here.
+        onednn = framework == "ours-tensorflow-onednn"
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
 
     def reply(obj):
         sys.__stdout__.write(json.dumps(obj) + "\n")
@@ -684,9 +690,15 @@ def main(argv=None):
         )
         for name in items:
             for fw in order:
-                if "skipped" in infos[fw][name]:
+                if fw not in procs or "skipped" in infos[fw][name]:
                     continue
-                sec = _ask(procs[fw], {"cmd": "run", "item": name, "steps": steps})
+                try:
+                    sec = _ask(procs[fw], {"cmd": "run", "item": name, "steps": steps})
+                except (BrokenPipeError, RuntimeError):
+                    code = procs.pop(fw).wait()
+                    print(f"[{fw}] worker died (exit code {code}; -9 is often the "
+                          f"out-of-memory killer): left out of the remaining rounds")  # fmt: skip
+                    continue
                 times[name][fw].append(sec["seconds"])
         print(f"round {r + 1}/{rounds} done", flush=True)
     for proc in procs.values():

@@ -3,9 +3,10 @@
 import os
 
 # First, before anything imports TensorFlow: TensorFlow reads this once, at import.
-# Its oneDNN CPU kernels segfault intermittently inside compiled training steps;
-# the plain Eigen kernels are stable. `TF_ENABLE_ONEDNN_OPTS=1` in the environment
-# still turns them on.
+# Its oneDNN CPU kernels segfaulted intermittently inside compiled training steps on
+# an earlier machine; the plain Eigen kernels are stable. `TF_ENABLE_ONEDNN_OPTS=1` in
+# the environment still turns them on (faster on CPU: README, "Speed"), and so does
+# importing TensorFlow (or Keras on it) before keras_scalevit.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import importlib  # noqa: E402
