@@ -11,6 +11,10 @@ on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` r
 keras_scalevit's default of TensorFlow's oneDNN kernels off; ``ours-tensorflow-onednn``
 turns them on (``TF_ENABLE_ONEDNN_OPTS=1``, TensorFlow's own default on x86 Linux).
 
+Every worker stays resident with all its items built: the full run (seven frameworks,
+five items) needed more than 24 GB on a 2-core machine, where the out-of-memory killer
+took a worker (the run goes on without it); pass fewer ``--items`` or ``--frameworks``.
+
 Items (224 px, 1000 classes, float32):
 
 - ``train_s16_adamw_gap``: ViT-S/16 train step, batch 8, AdamW, global average pool.
