@@ -41,12 +41,11 @@ import os
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import jax  # noqa: E402
+import jax
 
-import keras_scalevit  # noqa: E402
-from keras_scalevit.distribution import (  # noqa: E402
+import keras_scalevit
+from keras_scalevit.distribution import (
     abstract_model,
     abstract_optimizer_state,
     check_divisibility,

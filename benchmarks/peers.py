@@ -8,8 +8,8 @@ each framework's median time relative to a reference (big_vision when present).
 Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile="auto"``):
 XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
 on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` runs with
-keras_scalevit's default of TensorFlow's oneDNN kernels off; ``ours-tensorflow-onednn``
-turns them on (``TF_ENABLE_ONEDNN_OPTS=1``, TensorFlow's own default on x86 Linux).
+TensorFlow's own kernel choice (oneDNN on x86 Linux); ``ours-tensorflow-eigen`` turns
+oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's plain Eigen kernels).
 
 Every worker stays resident with all its items built: the full run (seven frameworks,
 five items) needed more than 24 GB on a 2-core machine, where the out-of-memory killer
@@ -59,7 +59,7 @@ FRAMEWORKS = (
     "ours-jax",
     "ours-tensorflow",
     "ours-torch",
-    "ours-tensorflow-onednn",
+    "ours-tensorflow-eigen",
     "timm",
     "keras-hub",
 )
@@ -195,11 +195,11 @@ def _keras_runner(framework, item, torch_compile=False):
         )
     x, y, _ = _data(item)
     x, y = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
-    info = (
-        {"tf_onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
-        if backend == "tensorflow"
-        else {}
-    )
+    info = {}
+    if backend == "tensorflow":
+        from tensorflow.python.util import _pywrap_util_port
+
+        info["tf_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
     # What a user gets from `compile()`: Keras' "auto" is XLA on JAX (and on
     # TensorFlow with an accelerator), TensorFlow graph mode on a CPU-only machine,
     # eager on torch; --torch-compile asks for torch.compile.
@@ -427,10 +427,12 @@ def worker(framework, items, big_vision_dir, torch_compile):
     if framework.startswith("ours-") or framework == "keras-hub":
         backend = framework.split("-")[1] if framework.startswith("ours-") else "jax"
         os.environ["KERAS_BACKEND"] = backend
-        # TensorFlow reads this once, when Keras imports it: keras_scalevit's default
-        # (oneDNN off) only holds when it is imported first; set it either way here.
-        onednn = framework == "ours-tensorflow-onednn"
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if onednn else "0"
+        # TensorFlow reads this once, when Keras imports it: unset is TensorFlow's
+        # own choice (what a user gets), "0" its plain Eigen kernels.
+        if framework == "ours-tensorflow-eigen":
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        else:
+            os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 
     def reply(obj):
         sys.__stdout__.write(json.dumps(obj) + "\n")

@@ -1,16 +1,7 @@
 """keras-scalevit: *Scaling Vision Transformers* (Zhai et al.) as a Keras 3 library."""
 
-import os
-
-# First, before anything imports TensorFlow: TensorFlow reads this once, at import.
-# Its oneDNN CPU kernels segfaulted intermittently inside compiled training steps on
-# an earlier machine; the plain Eigen kernels are stable. `TF_ENABLE_ONEDNN_OPTS=1` in
-# the environment still turns them on (faster on CPU: README, "Speed"), and so does
-# importing TensorFlow (or Keras on it) before keras_scalevit.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import importlib  # noqa: E402
-import sys  # noqa: E402
+import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -37,7 +28,7 @@ _SUBMODULES = (
 # sys.argv[0] is "-m" while the package is imported): that command parses its
 # flags first (`--help` answers in about a second) and imports what it uses.
 if getattr(sys, "argv", [])[:1] != ["-m"]:
-    from keras_scalevit import (  # noqa: E402, F401
+    from keras_scalevit import (  # noqa: F401
         losses,
         models,
         optimizers,

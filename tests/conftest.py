@@ -12,13 +12,9 @@ import pathlib
 import re
 import textwrap
 
-# TensorFlow's oneDNN kernels segfault intermittently inside tf.function
-# training steps on this CPU build; the plain Eigen kernels are stable.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 BACKEND = keras.backend.backend()
 
@@ -168,7 +164,6 @@ def jax_worker_env(devices=8):
         PYTHONPATH=os.pathsep.join([_REPO_ROOT, env.get("PYTHONPATH", "")]),
         CUDA_VISIBLE_DEVICES="",
         JAX_PLATFORMS="cpu",
-        TF_ENABLE_ONEDNN_OPTS="0",
     )
     return env
 

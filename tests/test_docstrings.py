@@ -9,14 +9,11 @@ import doctest
 import importlib
 import importlib.util
 import inspect
-import os
 import pkgutil
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+import pytest
 
-import pytest  # noqa: E402
-
-import keras_scalevit  # noqa: E402
+import keras_scalevit
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

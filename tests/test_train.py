@@ -229,7 +229,7 @@ def _assert_same_state(full, resumed):
 
 
 def _env():
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0", KERAS_BACKEND=BACKEND)
+    env = dict(os.environ, KERAS_BACKEND=BACKEND)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -764,19 +764,6 @@ def test_help_answers_before_keras_and_tensorflow_load():
     # The default config file (configs/digits.py) was loaded, Keras was not.
     assert "keras_scalevit.configs._common" in imported
     assert not {"keras", "tensorflow", "jax", "torch"} & imported
-
-
-def test_tensorflow_loads_with_onednn_off():
-    """keras_scalevit sets TF_ENABLE_ONEDNN_OPTS=0 before anything imports TF."""
-    env = {k: v for k, v in _env().items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "0"  # TF logs "oneDNN custom operations are on"
-    code = "import keras_scalevit.train, keras_scalevit.data, tensorflow"
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert "oneDNN custom operations are on" not in result.stderr
 
 
 def test_configs_spell_the_digits_name_of_the_data_package():

@@ -13,9 +13,8 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")

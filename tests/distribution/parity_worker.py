@@ -14,13 +14,12 @@ import sys
 import numpy as np
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import jax  # noqa: E402
-import keras  # noqa: E402
+import jax
+import keras
 
-import keras_scalevit  # noqa: E402
-from keras_scalevit.distribution import make_distribution  # noqa: E402
+import keras_scalevit
+from keras_scalevit.distribution import make_distribution
 
 SCENARIOS = {
     "data": dict(strategy="data", mesh_shape=(8, 1)),

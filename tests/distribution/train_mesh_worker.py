@@ -12,12 +12,11 @@ import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-import jax  # noqa: E402
+import jax
 
-from keras_scalevit.configs import digits  # noqa: E402
-from keras_scalevit.training import TrainLoop, main  # noqa: E402
+from keras_scalevit.configs import digits
+from keras_scalevit.training import TrainLoop, main
 
 STEPS, INTERRUPT_AT = 4, 2
 

@@ -253,7 +253,7 @@ def test_presets_load_across_backends(tmp_path):
     model.save_to_preset(tmp_path / "here")
     images, _ = _digits_images()
     np.save(tmp_path / "x.npy", images)
-    env = dict(os.environ, KERAS_BACKEND=other, TF_ENABLE_ONEDNN_OPTS="0")
+    env = dict(os.environ, KERAS_BACKEND=other)
     root = os.path.dirname(os.path.dirname(keras_scalevit.__file__))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     subprocess.run(

@@ -184,7 +184,7 @@ _WRITER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def other_backend_files(tmp_path_factory):
     out = tmp_path_factory.mktemp("cross_backend")
-    env = {**os.environ, "KERAS_BACKEND": OTHER_BACKEND, "TF_ENABLE_ONEDNN_OPTS": "0"}
+    env = {**os.environ, "KERAS_BACKEND": OTHER_BACKEND}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(REPO_ROOT), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
