@@ -42,6 +42,61 @@ def _flat_glorot_uniform(fan_in, fan_out):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
+# On torch the projections run as torch's `linear` (`_torch_linear`) and attention as
+# torch's `scaled_dot_product_attention` on strided views (`_torch_attention`): the
+# ViT-S/16 train step ~5% and B/16 inference ~6% faster than through Keras' layers and
+# `ops.dot_product_attention` (benchmarks/peers.py). Tests turn this off to compare.
+_TORCH_FAST_PATHS = True
+
+
+def _torch_linear(x, layers, in_axes=1):
+    """``x @ kernel + bias`` of Keras (Einsum)Dense ``layers`` as one torch ``linear``.
+
+    Each layer's kernel is read as a matrix over its first ``in_axes`` axes (the
+    last ``in_axes`` axes of ``x``); layers that share the input (query, key and
+    value) run as one matmul over their concatenated kernels. Returns one output
+    per layer, shaped ``x.shape[:-in_axes] + kernel.shape[in_axes:]``, or `None`
+    when the layers must run as themselves (not torch, quantized, or the fast
+    path switched off). The same math as the layers' ``matmul`` + ``add``; results
+    differ by float32 round-off only (where the bias enters the sum).
+    """
+    if not _TORCH_FAST_PATHS or keras.backend.backend() != "torch":
+        return None
+    if any(layer.quantization_mode is not None for layer in layers):
+        return None
+    import torch
+
+    dtype = layers[0].compute_dtype
+    x = ops.cast(x, dtype)
+    lead = tuple(x.shape[:-in_axes])
+    kernels, biases, out_shapes = [], [], []
+    for layer in layers:
+        kernel = ops.cast(layer.kernel, dtype)  # `kernel` includes a LoRA update
+        out_shapes.append(tuple(kernel.shape[in_axes:]))
+        kernels.append(ops.reshape(kernel, (math.prod(kernel.shape[:in_axes]), -1)))
+        bias = layer.bias
+        if bias is None:
+            bias = ops.zeros((kernels[-1].shape[1],), dtype)
+        biases.append(ops.reshape(ops.cast(bias, dtype), (-1,)))
+    kernel = kernels[0] if len(layers) == 1 else torch.cat(kernels, dim=1)
+    bias = biases[0] if len(layers) == 1 else torch.cat(biases)
+    y = torch.nn.functional.linear(ops.reshape(x, (*lead, -1)), kernel.T, bias)
+    # (One layer: no split, whose backward would copy the gradient through a cat.)
+    parts = (
+        [y] if len(layers) == 1 else torch.split(y, [k.shape[1] for k in kernels], -1)
+    )
+    return [
+        ops.reshape(part, lead + shape)
+        for part, shape in zip(parts, out_shapes, strict=True)
+    ]
+
+
+def _dense(layer, x, in_axes=1):
+    """``layer(x)``, through torch's fused ``linear`` where `_torch_linear` can."""
+    out = _torch_linear(x, [layer], in_axes)
+    return layer(x) if out is None else out[0]
+
+
 @keras.saving.register_keras_serializable(package="keras_scalevit")
 class LayerNorm(keras.layers.Layer):
     """LayerNorm over the last axis with Flax's statistics and names.
@@ -167,10 +222,10 @@ class MlpBlock(keras.layers.Layer):
         self.dense_1.build((*input_shape[:-1], self.mlp_dim))
 
     def call(self, x, training=None, dropout_seed=None):
-        x = self.dense_0(x)
+        x = _dense(self.dense_0, x)
         x = keras.activations.gelu(x, approximate=True)
         x = _dropout(self.drop, x, training, dropout_seed)
-        return self.dense_1(x)
+        return _dense(self.dense_1, x)
 
     def get_config(self):
         return {
@@ -188,13 +243,29 @@ def _einsum_attention(q, k, v):
     einsum + softmax compiles to a smaller program than `keras.ops.dot_product_attention`,
     whose JAX path regroups heads into 5-D and copies the transposed probabilities:
     ViT-S/16 forward+backward reads and writes 7% fewer bytes
-    (benchmarks/peers.py). PyTorch keeps `dot_product_attention`: its fused
-    ``scaled_dot_product_attention`` kernel is faster than einsum + softmax there.
+    (benchmarks/peers.py). PyTorch uses its fused ``scaled_dot_product_attention``
+    instead (`_torch_attention`): faster than einsum + softmax in eager mode.
     """
     depth = q.shape[-1]
     q = q / ops.cast(np.sqrt(np.float32(depth)), q.dtype)
     weights = ops.softmax(ops.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
     return ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, v.dtype), v)
+
+
+def _torch_attention(q, k, v):
+    """torch's fused attention of ``(batch, tokens, heads, head_dim)`` views.
+
+    The kernel `keras.ops.dot_product_attention` calls, given the transposed views
+    as they are: Keras copies each into a contiguous tensor first (three copies
+    per block), which torch's CPU and CUDA kernels do not need.
+    """
+    import torch
+
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    x = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=scale
+    )
+    return x.transpose(1, 2)
 
 
 @keras.saving.register_keras_serializable(package="keras_scalevit")
@@ -205,8 +276,9 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
     ``(heads, head_dim)``; ``out`` is ``(heads, head_dim, width)`` with bias
     ``(width,)``. No mask; scores are scaled by ``1/sqrt(head_dim)``. With
     ``flash_attention=False`` (default) the scores are a plain einsum + softmax as
-    in Flax (on PyTorch: `keras.ops.dot_product_attention`, i.e. torch's fused
-    kernel); otherwise `keras.ops.dot_product_attention`.
+    in Flax (on PyTorch: torch's fused ``scaled_dot_product_attention``, and the
+    query, key and value projections as one matmul); otherwise
+    `keras.ops.dot_product_attention`.
 
     Args:
         num_heads: int. Number of heads; must divide the input width.
@@ -262,12 +334,19 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         self.out.build((*query_shape[:-1], self.num_heads, head_dim))
 
     def call(self, query, key_value=None):
-        key_value = query if key_value is None else key_value
-        q = self.query(query)
-        k = self.key(key_value)
-        v = self.value(key_value)
+        if key_value is None:  # self-attention: one matmul for q, k and v on torch
+            qkv = _torch_linear(query, [self.query, self.key, self.value])
+            q, k, v = qkv or (self.query(query), self.key(query), self.value(query))
+        else:
+            q = _dense(self.query, query)
+            k, v = _torch_linear(key_value, [self.key, self.value]) or (
+                self.key(key_value),
+                self.value(key_value),
+            )
         if self.flash_attention is False and keras.backend.backend() != "torch":
             x = _einsum_attention(q, k, v)
+        elif self.flash_attention is False and _TORCH_FAST_PATHS:
+            x = _torch_attention(q, k, v)
         else:
             x = ops.dot_product_attention(
                 q,
@@ -276,7 +355,7 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
                 scale=1.0 / math.sqrt(self._head_dim),
                 flash_attention=self.flash_attention,
             )
-        return self.out(x)
+        return _dense(self.out, x, in_axes=2)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
         return query_shape
