@@ -200,6 +200,10 @@ def _keras_runner(framework, item, torch_compile=False):
         from tensorflow.python.util import _pywrap_util_port
 
         info["tf_onednn"] = bool(_pywrap_util_port.IsMklEnabled())
+    if backend == "torch":
+        import torch
+
+        info["torch"] = torch.__version__
     # What a user gets from `compile()`: Keras' "auto" is XLA on JAX (and on
     # TensorFlow with an accelerator), TensorFlow graph mode on a CPU-only machine,
     # eager on torch; --torch-compile asks for torch.compile.
@@ -362,7 +366,7 @@ def _timm_runner(item):
             sync()
 
         step()
-        return step, {"timm": timm.__version__}
+        return step, {"timm": timm.__version__, "torch": torch.__version__}
 
     if item["opt"] == "adamw":
         opt = torch.optim.AdamW(model.parameters(), LR, weight_decay=WD)
@@ -382,7 +386,7 @@ def _timm_runner(item):
         sync()
 
     step()
-    return step, {"timm": timm.__version__}
+    return step, {"timm": timm.__version__, "torch": torch.__version__}
 
 
 def _matmul_peak(framework):
