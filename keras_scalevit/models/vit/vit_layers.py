@@ -44,8 +44,8 @@ def _flat_glorot_uniform(fan_in, fan_out):
 
 # On torch the projections run as torch's `linear` (`_torch_linear`) and attention as
 # torch's `scaled_dot_product_attention` on strided views (`_torch_attention`): the
-# ViT-S/16 train step ~5% and B/16 inference ~6% faster than through Keras' layers and
-# `ops.dot_product_attention` (benchmarks/peers.py). Tests turn this off to compare.
+# ViT-S/16 train step ~4% and B/16 inference ~6% faster than through Keras' layers and
+# `ops.dot_product_attention` (paired in one process). Tests turn this off to compare.
 _TORCH_FAST_PATHS = True
 
 
@@ -265,7 +265,7 @@ def _torch_attention(q, k, v):
 
     The kernel `keras.ops.dot_product_attention` calls, given the transposed views
     as they are: Keras copies each into a contiguous tensor first (three copies
-    per block), which torch's CPU and CUDA kernels do not need.
+    per block); torch's function takes strided inputs.
     """
     import torch
 
