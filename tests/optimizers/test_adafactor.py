@@ -353,10 +353,9 @@ def test_fit_reduces_loss():
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        # TensorFlow 2.21's oneDNN batch-matmul kernels corrupt the heap on
-        # broadcast einsums (tensorflow/tensorflow#117700, #123109): intermittent
-        # segfaults in a plain tf.function. XLA avoids those kernels (and shows the
-        # optimizer compiles under XLA on TensorFlow too).
+        # XLA on TensorFlow too: shows the optimizer compiles there (graph mode,
+        # TensorFlow's CPU default, runs in tests/test_tensorflow_onednn.py and the
+        # training tests).
         jit_compile=True if BACKEND == "tensorflow" else "auto",
     )
     history = model.fit(
