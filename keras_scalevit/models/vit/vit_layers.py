@@ -42,28 +42,42 @@ def _flat_glorot_uniform(fan_in, fan_out):
     return keras.initializers.RandomUniform(-limit, limit)
 
 
-# On torch the projections run as torch's `linear` (`_torch_linear`) and attention as
-# torch's `scaled_dot_product_attention` on strided views (`_torch_attention`): the
-# ViT-S/16 train step ~4% and B/16 inference ~6% faster than through Keras' layers and
-# `ops.dot_product_attention` (paired in one process). Tests turn this off to compare.
-_TORCH_FAST_PATHS = True
+# Fast paths on the two backends that run op by op (eager torch, TensorFlow's graph
+# executor on a CPU): each projection runs as one 2-D matmul + bias (torch's `linear`;
+# TensorFlow's `MatMul` + `BiasAdd`, which its oneDNN remapper fuses with the MLP's GELU
+# into one kernel), and on torch attention as `scaled_dot_product_attention` on strided
+# views (`_torch_attention`). Paired in one process against Keras' own layers and
+# `ops.dot_product_attention`: torch ViT-S/16 train step ~4% and B/16 inference ~6%
+# faster; TensorFlow B/16 b32 inference ~13% and the S/16 train step ~3% faster
+# (Keras' `Dense` reshapes the matmul back to 3-D before its bias, which hides the
+# pattern, and `EinsumDense` runs as a broadcast `BatchMatMulV2`). JAX keeps the layers:
+# XLA compiles both forms alike. Tests turn this off to compare.
+_FAST_PATHS = True
 
 
-def _torch_linear(x, layers, in_axes=1):
-    """``x @ kernel + bias`` of Keras (Einsum)Dense ``layers`` as one torch ``linear``.
+def _linear(x, layers, in_axes=1, gelu=False):
+    """``x @ kernel + bias`` of Keras (Einsum)Dense ``layers`` as 2-D matmuls.
 
     Each layer's kernel is read as a matrix over its first ``in_axes`` axes (the
-    last ``in_axes`` axes of ``x``); layers that share the input (query, key and
-    value) run as one matmul over their concatenated kernels. Returns one output
+    last ``in_axes`` axes of ``x``). On torch, layers that share the input (query,
+    key and value) run as one matmul over their concatenated kernels. ``gelu``
+    applies the tanh-approximated GELU to the (single) output. Returns one output
     per layer, shaped ``x.shape[:-in_axes] + kernel.shape[in_axes:]``, or `None`
-    when the layers must run as themselves (not torch, quantized, or the fast
-    path switched off). The same math as the layers' ``matmul`` + ``add``; results
+    when the layers must run as themselves (JAX, quantized layers, or the fast
+    paths switched off). The same math as the layers' ``matmul`` + ``add``; results
     differ by float32 round-off only (where the bias enters the sum).
     """
-    if not _TORCH_FAST_PATHS or keras.backend.backend() != "torch":
+    backend = keras.backend.backend()
+    if not _FAST_PATHS or backend not in ("torch", "tensorflow"):
         return None
     if any(layer.quantization_mode is not None for layer in layers):
         return None
+    if backend == "torch":
+        return _torch_linear(x, layers, in_axes, gelu)
+    return [_tf_linear(x, layer, in_axes, gelu) for layer in layers]
+
+
+def _torch_linear(x, layers, in_axes, gelu):
     import torch
 
     # torch's own calls throughout: each `keras.ops` call first checks its arguments
@@ -86,6 +100,8 @@ def _torch_linear(x, layers, in_axes=1):
     kernel = kernels[0] if len(layers) == 1 else torch.cat(kernels, dim=1)
     bias = biases[0] if len(layers) == 1 else torch.cat(biases)
     y = torch.nn.functional.linear(x.reshape(*lead, -1), kernel.T, bias)
+    if gelu:
+        y = torch.nn.functional.gelu(y, approximate="tanh")  # Keras' torch gelu
     # (One layer: no split, whose backward would copy the gradient through a cat.)
     parts = (
         [y] if len(layers) == 1 else torch.split(y, [k.shape[1] for k in kernels], -1)
@@ -96,10 +112,32 @@ def _torch_linear(x, layers, in_axes=1):
     ]
 
 
-def _dense(layer, x, in_axes=1):
-    """``layer(x)``, through torch's fused ``linear`` where `_torch_linear` can."""
-    out = _torch_linear(x, [layer], in_axes)
-    return layer(x) if out is None else out[0]
+def _tf_linear(x, layer, in_axes, gelu):
+    import tensorflow as tf
+
+    dtype = layer.compute_dtype
+    x = tf.cast(x, dtype)
+    size = math.prod(x.shape[-in_axes:])
+    kernel = tf.cast(layer.kernel, dtype)  # with the LoRA update, if any
+    out_shape = list(kernel.shape[in_axes:])
+    y = tf.matmul(tf.reshape(x, (-1, size)), tf.reshape(kernel, (size, -1)))
+    if layer.bias is not None:
+        y = tf.nn.bias_add(y, tf.reshape(tf.cast(layer.bias, dtype), (-1,)))
+    if gelu:
+        y = tf.nn.gelu(y, approximate=True)  # Keras' TensorFlow gelu
+    # Static leading sizes stay static (a traced batch size is read at run time).
+    dynamic = tf.shape(x)
+    lead = [n if n is not None else dynamic[i] for i, n in enumerate(x.shape)]
+    return tf.reshape(y, lead[: len(lead) - in_axes] + out_shape)
+
+
+def _dense(layer, x, in_axes=1, gelu=False):
+    """``layer(x)`` (then GELU), through one 2-D matmul where `_linear` can."""
+    out = _linear(x, [layer], in_axes, gelu)
+    if out is not None:
+        return out[0]
+    x = layer(x)
+    return keras.activations.gelu(x, approximate=True) if gelu else x
 
 
 @keras.saving.register_keras_serializable(package="keras_scalevit")
@@ -230,8 +268,7 @@ class MlpBlock(keras.layers.Layer):
         self.dense_1.build((*input_shape[:-1], self.mlp_dim))
 
     def call(self, x, training=None, dropout_seed=None):
-        x = _dense(self.dense_0, x)
-        x = keras.activations.gelu(x, approximate=True)
+        x = _dense(self.dense_0, x, gelu=True)
         x = _dropout(self.drop, x, training, dropout_seed)
         return _dense(self.dense_1, x)
 
@@ -243,9 +280,10 @@ class MlpBlock(keras.layers.Layer):
         }
 
 
-def _einsum_attention(q, k, v):
+def _einsum_attention(q, k, v, heads_first=False):
     """Unmasked softmax attention of ``(batch, tokens, heads, head_dim)`` inputs.
 
+    With ``heads_first``, inputs and output are ``(batch, heads, tokens, head_dim)``.
     Flax's (big_vision's) math and order: the query is divided by
     ``sqrt(head_dim)`` before the scores. Under XLA (JAX, TensorFlow) this plain
     einsum + softmax compiles to a smaller program than `keras.ops.dot_product_attention`,
@@ -254,10 +292,11 @@ def _einsum_attention(q, k, v):
     (benchmarks/peers.py). PyTorch uses its fused ``scaled_dot_product_attention``
     instead (`_torch_attention`): faster than einsum + softmax in eager mode.
     """
+    qs, ks = ("bhqd", "bhkd") if heads_first else ("bqhd", "bkhd")
     depth = q.shape[-1]
     q = q / ops.cast(np.sqrt(np.float32(depth)), q.dtype)
-    weights = ops.softmax(ops.einsum("bqhd,bkhd->bhqk", q, k), axis=-1)
-    return ops.einsum("bhqk,bkhd->bqhd", ops.cast(weights, v.dtype), v)
+    weights = ops.softmax(ops.einsum(f"{qs},{ks}->bhqk", q, k), axis=-1)
+    return ops.einsum(f"bhqk,{ks}->{qs}", ops.cast(weights, v.dtype), v)
 
 
 def _torch_attention(q, k, v):
@@ -284,9 +323,10 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
     ``(heads, head_dim)``; ``out`` is ``(heads, head_dim, width)`` with bias
     ``(width,)``. No mask; scores are scaled by ``1/sqrt(head_dim)``. With
     ``flash_attention=False`` (default) the scores are a plain einsum + softmax as
-    in Flax (on PyTorch: torch's fused ``scaled_dot_product_attention``, and the
-    query, key and value projections as one matmul); otherwise
-    `keras.ops.dot_product_attention`.
+    in Flax (on JAX with heads before tokens; on PyTorch torch's fused
+    ``scaled_dot_product_attention``, and the query, key and value projections as one
+    matmul); otherwise `keras.ops.dot_product_attention`. The weights are the
+    ``query``, ``key``, ``value`` and ``out`` `EinsumDense` sublayers on every path.
 
     Args:
         num_heads: int. Number of heads; must divide the input width.
@@ -342,18 +382,26 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         self.out.build((*query_shape[:-1], self.num_heads, head_dim))
 
     def call(self, query, key_value=None):
+        if (
+            self.flash_attention is False
+            and keras.backend.backend() == "jax"
+            and _FAST_PATHS
+            and not self._quantized()
+        ):
+            kv = query if key_value is None else key_value
+            return self._heads_first(query, kv)
         if key_value is None:  # self-attention: one matmul for q, k and v on torch
-            qkv = _torch_linear(query, [self.query, self.key, self.value])
+            qkv = _linear(query, [self.query, self.key, self.value])
             q, k, v = qkv or (self.query(query), self.key(query), self.value(query))
         else:
             q = _dense(self.query, query)
-            k, v = _torch_linear(key_value, [self.key, self.value]) or (
+            k, v = _linear(key_value, [self.key, self.value]) or (
                 self.key(key_value),
                 self.value(key_value),
             )
         if self.flash_attention is False and keras.backend.backend() != "torch":
             x = _einsum_attention(q, k, v)
-        elif self.flash_attention is False and _TORCH_FAST_PATHS:
+        elif self.flash_attention is False and _FAST_PATHS:
             x = _torch_attention(q, k, v)
         else:
             x = ops.dot_product_attention(
@@ -364,6 +412,34 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
                 flash_attention=self.flash_attention,
             )
         return _dense(self.out, x, in_axes=2)
+
+    def _quantized(self):
+        layers = (self.query, self.key, self.value, self.out)
+        return any(layer.quantization_mode is not None for layer in layers)
+
+    def _heads_first(self, query, key_value):
+        """The attention with heads before tokens, projected there by the einsums.
+
+        The same math as the layers' calls (einsum, then bias). On XLA's CPU backend
+        the batched attention matmuls run ~25-45% faster on ``(batch, heads, tokens,
+        head_dim)`` operands than on ``(batch, tokens, heads, head_dim)``: the JAX
+        ViT-S/16 train step ~3% faster (paired in one process); on TensorFlow's graph
+        executor it was slower, so TensorFlow keeps the layers' layout.
+        """
+        dtype = self.compute_dtype
+
+        def project(layer, x):
+            y = ops.einsum(
+                "btd,dhk->bhtk", ops.cast(x, dtype), ops.cast(layer.kernel, dtype)
+            )
+            return y + ops.expand_dims(ops.cast(layer.bias, dtype), 1)
+
+        q = project(self.query, query)
+        k = project(self.key, key_value)
+        v = project(self.value, key_value)
+        x = _einsum_attention(q, k, v, heads_first=True)
+        y = ops.einsum("bhtk,hkd->btd", x, ops.cast(self.out.kernel, dtype))
+        return y + ops.cast(self.out.bias, dtype)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
         return query_shape

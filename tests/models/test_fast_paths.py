@@ -1,11 +1,13 @@
-"""torch's fused kernels in the ViT layers equal the Keras-layer path.
+"""The ViT layers' fast paths on each backend equal the Keras-layer path.
 
 On torch the projections run as ``torch.nn.functional.linear`` (query, key and value
-as one matmul) and attention as ``scaled_dot_product_attention`` on strided views
-(`vit_layers._TORCH_FAST_PATHS`). Outputs and gradients must equal those of Keras'
-own ``Dense`` / ``EinsumDense`` layers and ``ops.dot_product_attention`` to float32
-round-off: the bias enters the matmul's sum instead of being added after it, so each
-projection may differ by an ulp.
+as one matmul) and attention as ``scaled_dot_product_attention`` on strided views; on
+TensorFlow as 2-D ``MatMul`` + ``BiasAdd`` (+ GELU, which oneDNN fuses into the MLP's
+first matmul); on JAX attention runs with heads before tokens, projected there by
+einsums (`vit_layers._FAST_PATHS`). Outputs and gradients must equal those of
+Keras' own ``Dense`` / ``EinsumDense`` layers, GELU and ``ops.dot_product_attention``
+to float32 round-off: the bias enters the matmul's sum instead of being added after
+it, so each projection may differ by an ulp.
 """
 
 import keras
@@ -16,9 +18,6 @@ from conftest import BACKEND
 from keras_scalevit.models import ViTClassifier
 from keras_scalevit.models.vit import vit_layers
 
-pytestmark = pytest.mark.skipif(
-    BACKEND != "torch", reason="the fused paths exist on the torch backend only"
-)
 
 # Relative to the largest value of each output / gradient: a few float32 ulps
 # through two blocks (measured ~4e-7 on ViT-B/16's logits); 10x margin.
@@ -26,17 +25,36 @@ TOL = 5e-6
 
 
 def _outputs_and_grads(model, x, weights, fast, monkeypatch):
+    monkeypatch.setattr(vit_layers, "_FAST_PATHS", fast)
+    variables = model.trainable_variables
+    if BACKEND == "torch":
+        for v in variables:
+            v.value.grad = None
+        out = model(x, training=False)
+        (out * weights).sum().backward()
+        grads = [v.value.grad.detach().numpy().copy() for v in variables]
+    elif BACKEND == "jax":
+        import jax
 
-    monkeypatch.setattr(vit_layers, "_TORCH_FAST_PATHS", fast)
-    for v in model.trainable_variables:
-        v.value.grad = None
-    out = model(x, training=False)
-    (out * weights).sum().backward()
-    grads = {
-        v.path: v.value.grad.detach().numpy().copy() for v in model.trainable_variables
-    }
+        values = [v.value for v in variables]
+        frozen = [v.value for v in model.non_trainable_variables]
+
+        def loss_fn(values):
+            out, _ = model.stateless_call(values, frozen, x, training=False)
+            return (out * weights).sum(), out
+
+        (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(values)
+        grads = [np.asarray(g) for g in grads]
+    else:
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            out = model(x, training=False)
+            loss = tf.reduce_sum(out * weights)
+        grads = [g.numpy() for g in tape.gradient(loss, variables)]
+    grads = {v.path: g for v, g in zip(variables, grads, strict=True)}
     assert all(np.isfinite(g).all() for g in grads.values())
-    return out.detach().numpy(), grads
+    return keras.ops.convert_to_numpy(out), grads
 
 
 def _assert_close(a, b, name, scale=None):
@@ -78,19 +96,22 @@ def test_fast_paths_equal_keras_layers(kwargs, monkeypatch):
         _assert_close(g_fast[path], g_keras[path], path, scale)
 
 
-def test_lora_kernel_is_used(monkeypatch):
-    """A LoRA-enabled Dense runs its merged kernel on the fast path too."""
+@pytest.mark.parametrize("layer", ["mlp.dense_0", "attention.query"])
+def test_lora_kernel_is_used(layer, monkeypatch):
+    """A LoRA-enabled (Einsum)Dense runs its merged kernel on the fast path too."""
     keras.utils.set_random_seed(2)
     model = ViTClassifier.from_variant(
         "mu/8", num_classes=5, image_size=16, head_zeroinit=False
     )
-    dense = model.backbone.get_layer("encoderblock_0").mlp.dense_0
+    dense = model.backbone.get_layer("encoderblock_0")
+    for name in layer.split("."):
+        dense = getattr(dense, name)
     dense.enable_lora(2)
     dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.5, "float32"))
     x = np.random.default_rng(3).uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
-    monkeypatch.setattr(vit_layers, "_TORCH_FAST_PATHS", True)
+    monkeypatch.setattr(vit_layers, "_FAST_PATHS", True)
     fast = keras.ops.convert_to_numpy(model(x))
-    monkeypatch.setattr(vit_layers, "_TORCH_FAST_PATHS", False)
+    monkeypatch.setattr(vit_layers, "_FAST_PATHS", False)
     plain = keras.ops.convert_to_numpy(model(x))
     _assert_close(fast, plain, "logits with LoRA")
     dense.lora_kernel_b.assign(np.zeros(dense.lora_kernel_b.shape, "float32"))
@@ -104,8 +125,29 @@ def test_quantized_layers_run_as_themselves(monkeypatch):
     )
     model.quantize("int8")
     x = np.random.default_rng(5).uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
-    monkeypatch.setattr(vit_layers, "_TORCH_FAST_PATHS", True)
+    monkeypatch.setattr(vit_layers, "_FAST_PATHS", True)
     fast = keras.ops.convert_to_numpy(model(x))
-    monkeypatch.setattr(vit_layers, "_TORCH_FAST_PATHS", False)
+    monkeypatch.setattr(vit_layers, "_FAST_PATHS", False)
     plain = keras.ops.convert_to_numpy(model(x))
     np.testing.assert_array_equal(fast, plain)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph mode")
+def test_tensorflow_graph_mode_equals_keras_layers(monkeypatch):
+    """In a `tf.function` (what `compile()` runs on a CPU), where Grappler's oneDNN
+    remapper fuses the first MLP matmul with its bias and GELU into one kernel."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(6)
+    model = ViTClassifier.from_variant(
+        "mu/8", num_classes=5, image_size=16, head_zeroinit=False, pool_type="map"
+    )
+    x = tf.constant(
+        np.random.default_rng(7).uniform(-1, 1, (3, 16, 16, 3)).astype("float32")
+    )
+    outs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(vit_layers, "_FAST_PATHS", fast)
+        outs[fast] = tf.function(lambda x: model(x, training=False))(x).numpy()
+    assert not np.array_equal(outs[True], np.zeros_like(outs[True]))
+    _assert_close(outs[True], outs[False], "logits in graph mode")
