@@ -18,7 +18,6 @@ from conftest import BACKEND
 from keras_scalevit.models import ViTClassifier
 from keras_scalevit.models.vit import vit_layers
 
-
 # Relative to the largest value of each output / gradient: a few float32 ulps
 # through two blocks (measured ~4e-7 on ViT-B/16's logits); 10x margin.
 TOL = 5e-6
