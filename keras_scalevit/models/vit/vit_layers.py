@@ -71,11 +71,16 @@ def _linear(x, layers, in_axes=1, gelu=False):
     backend = keras.backend.backend()
     if not _FAST_PATHS or backend not in ("torch", "tensorflow"):
         return None
-    if any(layer.quantization_mode is not None for layer in layers):
+    if _any_quantized(layers):
         return None
     if backend == "torch":
         return _torch_linear(x, layers, in_axes, gelu)
     return [_tf_linear(x, layer, in_axes, gelu) for layer in layers]
+
+
+def _any_quantized(layers):
+    """Whether a layer is quantized: it then runs as itself, never on a fast path."""
+    return any(layer.quantization_mode is not None for layer in layers)
 
 
 def _torch_linear(x, layers, in_axes, gelu):
@@ -387,7 +392,7 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
             self.flash_attention is False
             and keras.backend.backend() == "jax"
             and _FAST_PATHS
-            and not self._quantized()
+            and not _any_quantized((self.query, self.key, self.value, self.out))
         ):
             kv = query if key_value is None else key_value
             return self._heads_first(query, kv)
@@ -413,10 +418,6 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
                 flash_attention=self.flash_attention,
             )
         return _dense(self.out, x, in_axes=2)
-
-    def _quantized(self):
-        layers = (self.query, self.key, self.value, self.out)
-        return any(layer.quantization_mode is not None for layer in layers)
 
     def _heads_first(self, query, key_value):
         """The attention with heads before tokens, projected there by the einsums.
