@@ -150,3 +150,20 @@ def test_tensorflow_graph_mode_equals_keras_layers(monkeypatch):
         outs[fast] = tf.function(lambda x: model(x, training=False))(x).numpy()
     assert not np.array_equal(outs[True], np.zeros_like(outs[True]))
     _assert_close(outs[True], outs[False], "logits in graph mode")
+
+
+def test_predict_equals_keras_layers(monkeypatch):
+    """Inference without a gradient, as `predict` runs it (on torch the MLP's GELU
+    then runs in place), gives the Keras layers' logits for the same input."""
+    keras.utils.set_random_seed(8)
+    model = ViTClassifier.from_variant(
+        "mu/8", num_classes=5, image_size=16, head_zeroinit=False
+    )
+    x = np.random.default_rng(9).uniform(-1, 1, (3, 16, 16, 3)).astype("float32")
+    outs = {}
+    for fast in (True, False):
+        monkeypatch.setattr(vit_layers, "_FAST_PATHS", fast)
+        model.predict_function = None  # traced anew for each setting
+        outs[fast] = keras.ops.convert_to_numpy(model.predict_on_batch(x))
+    assert not np.array_equal(outs[True], np.zeros_like(outs[True]))
+    _assert_close(outs[True], outs[False], "predicted logits")

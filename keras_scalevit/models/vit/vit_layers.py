@@ -106,8 +106,10 @@ def _torch_linear(x, layers, in_axes, gelu):
     kernel = kernels[0] if len(layers) == 1 else torch.cat(kernels, dim=1)
     bias = biases[0] if len(layers) == 1 else torch.cat(biases)
     y = torch.nn.functional.linear(x.reshape(*lead, -1), kernel.T, bias)
-    if gelu:
+    if gelu and y.requires_grad:
         y = torch.nn.functional.gelu(y, approximate="tanh")  # Keras' torch gelu
+    elif gelu:  # inference: in place, without a second buffer of the MLP's width
+        torch.ops.aten.gelu_(y, approximate="tanh")
     # (One layer: no split, whose backward would copy the gradient through a cat.)
     parts = (
         [y] if len(layers) == 1 else torch.split(y, [k.shape[1] for k in kernels], -1)
