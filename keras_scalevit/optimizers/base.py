@@ -393,8 +393,13 @@ def _eager_torch():
     return not torch.compiler.is_compiling()
 
 
-def _torch_clip_by_global_norm(grads, clip_norm):
-    """`clip_by_global_norm` in eager torch: the same ops, no copy when unclipped."""
+def _torch_clip_by_global_norm(grads, clip_norm, in_place=False):
+    """`clip_by_global_norm` in eager torch: the same ops, no copy when unclipped.
+
+    With ``in_place`` the gradients are scaled where they are (as torch's
+    ``clip_grad_norm_`` does): a copy of every gradient costs more than the norm
+    (ViT-S/16: ~25 ms against ~7 ms on 2 CPU cores, the copies' fresh pages).
+    """
     import torch
 
     grads = [None if g is None else ops.convert_to_tensor(g) for g in grads]
@@ -404,6 +409,8 @@ def _torch_clip_by_global_norm(grads, clip_norm):
     norm = torch.sqrt(functools.reduce(torch.add, squares))
     if bool(norm < clip_norm):  # eager: the comparison is a value, not a graph
         return grads
+    if in_place:
+        return [None if g is None else g.div_(norm).mul_(clip_norm) for g in grads]
     return [None if g is None else torch.div(g, norm).mul_(clip_norm) for g in grads]
 
 
@@ -479,6 +486,7 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
 
     # Eager torch runs `update_step` through `_torch_update_step` (same numerics).
     _eager_torch_update = True
+    _clip_in_place = False
 
     def __init__(
         self,
@@ -693,7 +701,9 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
     def _clip_gradients(self, grads):
         if self.global_clipnorm and self.global_clipnorm > 0:
             if self._eager_torch_update and _eager_torch():
-                return _torch_clip_by_global_norm(grads, self.global_clipnorm)
+                return _torch_clip_by_global_norm(
+                    grads, self.global_clipnorm, self._clip_in_place
+                )
             return clip_by_global_norm(grads, self.global_clipnorm)
         return super()._clip_gradients(grads)
 
@@ -708,7 +718,17 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
             if not kept:
                 return
             grads, trainable_variables = (list(x) for x in zip(*kept, strict=True))
-        return super()._backend_apply_gradients(grads, trainable_variables)
+        # The gradients torch's autograd left on the variables (what Keras' torch
+        # trainer passes, and drops after the step) may be clipped in place; others
+        # are the caller's, and stay as they were.
+        self._clip_in_place = _eager_torch() and all(
+            g is not None and g is v.value.grad
+            for g, v in zip(grads, trainable_variables, strict=True)
+        )
+        try:
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        finally:
+            self._clip_in_place = False
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # Everything that depends only on the step is computed once per update and

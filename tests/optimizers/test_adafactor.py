@@ -612,3 +612,33 @@ def test_eager_torch_update_is_bitwise_the_keras_ops_update(make):
         np.testing.assert_array_equal(a, b)
     moved = [not np.array_equal(_np(v), params[k]) for k, v in variables.items()]
     assert sum(moved) >= 3  # the frozen head stays, everything else trained
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="torch's `.grad` tensors")
+def test_eager_torch_clips_autograd_gradients_in_place_and_callers_never():
+    """Gradients that are the variables' ``.grad`` (Keras' torch trainer) are scaled
+    in place, with the same result; a caller's own gradients stay as they were."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    shapes = {"hidden/kernel": (40, 48), "hidden/bias": (48,)}
+    params = {k: rng.normal(0, 0.5, s).astype(np.float32) for k, s in shapes.items()}
+    grads = {k: rng.normal(0, 1, s).astype(np.float32) for k, s in shapes.items()}
+    results = []
+    for on_variables in (True, False):
+        variables = _variables(params)
+        optimizer = Adafactor(0.05, weight_decay=0.03, global_clipnorm=0.5)
+        given = [torch.tensor(grads[k]) for k in variables]
+        if on_variables:
+            for v, g in zip(variables.values(), given, strict=True):
+                v.value.grad = g
+        optimizer.apply(given, list(variables.values()))
+        results.append(([_np(v) for v in variables.values()], given))
+    (in_place, scaled), (copied, kept) = results
+    for a, b in zip(in_place, copied, strict=True):
+        np.testing.assert_array_equal(a, b)
+    for k, g in zip(shapes, kept, strict=True):
+        np.testing.assert_array_equal(g.numpy(), grads[k])  # the caller's, untouched
+    total = np.sqrt(sum(np.sum(np.float64(g) ** 2) for g in grads.values()))
+    for k, g in zip(shapes, scaled, strict=True):  # clipped where they lie
+        np.testing.assert_allclose(g.numpy(), grads[k] * 0.5 / total, rtol=1e-6)
