@@ -9,9 +9,9 @@ Every peer computes the same model: the refined ViT without a class token, with 
 tanh-approximated GELU of big_vision's MLP (Flax's default, and ours). ``timm`` is
 built that way (``act_layer=GELUTanh``); ``timm-erf`` is timm's ViT with its default
 exact (erf) GELU, a different function, kept for reference: torch's CPU kernel for
-the tanh GELU is ~4x slower than its erf kernel (measured on a ViT-S/16 activation:
-2.1 vs 0.5 ms forward), which makes ``timm-erf`` ~8% faster than ``timm`` in an eager
-train step on a 2-core CPU.
+the tanh GELU is ~4x slower than its erf kernel (2.1 vs 0.5 ms forward on a ViT-S/16
+b8 MLP activation, 2 cores); end to end the two differ by a few percent (B/16
+inference 2-3% on 2 Intel cores), within a run's round-to-round spread.
 
 Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile="auto"``):
 XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
@@ -608,11 +608,14 @@ def _pythons(specs):
     return out
 
 
-def _start(framework, items, args):
-    pythons = _pythons(args.python)
-    # timm-erf runs where timm runs unless told otherwise.
+def _python_for(framework, pythons):
+    """The worker's Python: its own ``--python``, timm's for timm-erf, else ours."""
     base = "timm" if framework == "timm-erf" else framework
-    python = pythons.get(framework, pythons.get(base, sys.executable))
+    return pythons.get(framework, pythons.get(base, sys.executable))
+
+
+def _start(framework, items, args):
+    python = _python_for(framework, _pythons(args.python))
     cmd = [python, os.path.abspath(__file__), "--worker", framework]
     cmd += ["--items", json.dumps(items)]
     if args.big_vision_dir:

@@ -6,6 +6,7 @@ timings, so a broken ratio or table is caught without running a benchmark.
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -67,3 +68,10 @@ def test_unknown_item_is_rejected(peers):
 def test_bad_worker_python_is_rejected(peers, spec, match):
     with pytest.raises(ValueError, match=match):
         peers.main(["--quick", "--python", spec])
+
+
+def test_timm_erf_runs_where_timm_runs(peers):
+    pythons = peers._pythons([f"timm={sys.executable}"])
+    assert peers._python_for("timm-erf", pythons) == sys.executable
+    assert peers._python_for("timm-erf", {"timm": "/a", "timm-erf": "/b"}) == "/b"
+    assert peers._python_for("ours-jax", {"timm": "/a"}) == sys.executable
