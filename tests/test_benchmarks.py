@@ -75,3 +75,18 @@ def test_timm_erf_runs_where_timm_runs(peers):
     assert peers._python_for("timm-erf", pythons) == sys.executable
     assert peers._python_for("timm-erf", {"timm": "/a", "timm-erf": "/b"}) == "/b"
     assert peers._python_for("ours-jax", {"timm": "/a"}) == sys.executable
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        ("", "glibc.malloc.hugetlb=1"),
+        ("glibc.malloc.hugetlb=0", "glibc.malloc.hugetlb=1"),
+        (
+            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=2",
+            "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1",
+        ),
+    ],
+)
+def test_hugepages_tunable_keeps_the_others(peers, before, after):
+    assert peers._with_hugetlb(before) == after
