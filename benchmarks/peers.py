@@ -24,7 +24,7 @@ oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's plain Eigen kernels).
 takes fresh pages for its buffers on every step: ~260k page faults (~1 GB) per
 ViT-S/16 b8 train step, for ours on JAX and big_vision alike, ~0.4 s of kernel time
 across the 2 cores. With the tunable they fall to ~800 and both JAX steps run ~10%
-faster; torch and TensorFlow reuse their pages and see no faults either way.
+faster; torch and TensorFlow reuse their pages (0 to a few hundred faults per step).
 
 Every worker stays resident with all its items built: the full run (seven frameworks,
 five items) needed more than 24 GB on a 2-core machine, where the out-of-memory killer
