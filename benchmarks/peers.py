@@ -5,13 +5,15 @@ timm's ViT, keras-hub's ViT); the parent runs the items in interleaved rounds, o
 worker at a time, so a drift of the machine hits every framework alike, and reports
 each framework's median time relative to a reference (big_vision when present).
 
-Every peer computes the same model: the refined ViT without a class token, with the
-tanh-approximated GELU of big_vision's MLP (Flax's default, and ours). ``timm`` is
-built that way (``act_layer=GELUTanh``); ``timm-erf`` is timm's ViT with its default
-exact (erf) GELU, a different function, kept for reference: torch's CPU kernel for
-the tanh GELU is ~4x slower than its erf kernel (2.1 vs 0.5 ms forward on a ViT-S/16
-b8 MLP activation, 2 cores); end to end the two differ by a few percent (B/16
-inference 2-3% on 2 Intel cores), within a run's round-to-round spread.
+big_vision and timm compute the same model as ours: the refined ViT without a class
+token, with the tanh-approximated GELU of big_vision's MLP (Flax's default). ``timm``
+is built that way (``act_layer=GELUTanh``); ``timm-erf`` is timm's ViT with its
+default exact (erf) GELU, a different function, kept for reference: torch's CPU kernel
+for the tanh GELU is ~4x slower than its erf kernel (2.1 vs 0.5 ms forward on a
+ViT-S/16 b8 MLP activation, 2 cores). End to end, in two runs on 2 Intel cores,
+``timm-erf``'s B/16 inference was 1-6% faster than ``timm``'s and its train step
+differed by less than the rounds' spread. keras-hub's ``ViTBackbone`` is its own ViT:
+a class token, with the head on that token.
 
 Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile="auto"``):
 XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
