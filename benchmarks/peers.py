@@ -21,12 +21,17 @@ on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` r
 TensorFlow's own kernel choice (oneDNN on x86 Linux); ``ours-tensorflow-eigen`` turns
 oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's plain Eigen kernels).
 
-``--hugepages`` starts every worker with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
-(glibc >= 2.35), so that malloc asks for transparent huge pages. XLA's CPU runtime
-takes fresh pages for its buffers on every step: ~260k page faults (~1 GB) per
-ViT-S/16 b8 train step, for ours on JAX and big_vision alike, ~0.4 s of kernel time
-across the 2 cores. With the tunable they fall to ~800 and both JAX steps run ~10%
-faster; torch and TensorFlow reuse their pages (0 to a few hundred faults per step).
+Each round also records the worker's minor page faults per step (a fresh page from
+the kernel, zeroed on first touch; results.md tables their medians). XLA's CPU runtime
+takes fresh pages for its buffers on every step: ~260k per ViT-S/16 b8 train step,
+for ours on JAX and big_vision alike, ~0.4 s of kernel time across the 2 cores. torch
+takes them for every buffer glibc serves by ``mmap`` (above 32 MB at most) or after
+it trims its heap: ~400-600k per B/16 b32 batch (ours and timm), 0-70k per S/16 step. ``--hugepages`` starts every worker with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35: malloc asks for transparent
+huge pages; XLA's faults fall to ~800 and both JAX steps run ~10% faster);
+``--glibc-tunables`` sets others, e.g. ``glibc.malloc.mmap_threshold=33554432:``
+``glibc.malloc.trim_threshold=17179869184`` (malloc keeps what it frees: torch's b32
+batch without faults).
 
 Every worker stays resident with all its items built: the full run (seven frameworks,
 five items) needed more than 24 GB on a 2-core machine, where the out-of-memory killer
@@ -66,6 +71,8 @@ model FLOP utilisation against the matmul peak each framework measures on the de
 import argparse
 import json
 import os
+import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -487,21 +494,38 @@ def worker(framework, items, big_vision_dir, torch_compile):
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":
             break
-        step = steps[cmd["item"]]
-        start = time.perf_counter()
-        for _ in range(cmd["steps"]):
-            step()
-        reply({"seconds": (time.perf_counter() - start) / cmd["steps"]})
+        reply(timed(steps[cmd["item"]], cmd["steps"]))
+
+
+def timed(step, steps):
+    """Per-step wall seconds of ``step``, with the minor page faults and kernel time.
+
+    A minor page fault is the kernel handing the process a fresh page (a buffer
+    malloc took from the system and zeroes on first touch). On a 2-core machine
+    they cost: one timm B/16 b8 batch took 1071 ms without faults and 1305 ms with
+    66k in the same process, so rounds that differ in faults differ in time.
+    """
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "seconds": seconds / steps,
+        "minor_faults": (after.ru_minflt - before.ru_minflt) / steps,
+        "sys_s": (after.ru_stime - before.ru_stime) / steps,
+    }
 
 
 # ------------------------------------------------------------------------------ parent
 
 
-def summarise(items, times, infos, reference):
+def summarise(items, times, infos, reference, faults=None):
     """Median seconds per item and framework, and each median / the reference's.
 
     ``times[item][framework]`` is a list of per-step seconds (one per round). The
     reference is ``reference`` when it ran the item, else the fastest framework.
+    ``faults``, shaped like ``times``, holds each round's minor page faults per step.
     """
     rows = {}
     for name in items:
@@ -516,6 +540,11 @@ def summarise(items, times, infos, reference):
             "ratio": {fw: m / med[ref] for fw, m in med.items()},
             "rounds": {fw: len(ts) for fw, ts in runs.items()},
         }
+        counts = (faults or {}).get(name, {})
+        if any(counts.get(fw) for fw in med):
+            rows[name]["minor_faults_per_step"] = {
+                fw: statistics.median(counts[fw]) for fw in med if counts.get(fw)
+            }
         if items[name]["kind"] == "infer":
             rows[name]["images_per_s"] = {
                 fw: items[name]["batch"] / m for fw, m in med.items()
@@ -550,6 +579,19 @@ def markdown(items, rows, infos, frameworks):
     out.append("")
     out.append("Ratios: time relative to the row's reference (`" + "`, `".join(
         sorted({r["reference"] for r in rows.values()})) + "`); lower is faster.")  # fmt: skip
+    faulted = {n: r["minor_faults_per_step"] for n, r in rows.items()
+               if "minor_faults_per_step" in r}  # fmt: skip
+    if faulted:
+        out += [
+            "",
+            "Minor page faults per step (median of the rounds; each costs time):",
+            "",
+            "| item | " + " | ".join(cols) + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]
+        for name, counts in faulted.items():
+            cells = [f"{counts[fw]:.0f}" if fw in counts else "—" for fw in cols]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
     hlo = [
         (name, fw, info["hlo"])
         for fw in frameworks
@@ -623,14 +665,24 @@ def _python_for(framework, pythons):
     return pythons.get(framework, pythons.get(base, sys.executable))
 
 
-def _with_hugetlb(tunables):
-    """``GLIBC_TUNABLES`` with glibc's malloc asking for transparent huge pages."""
-    kept = [
-        t
-        for t in tunables.split(":")
-        if t and not t.startswith("glibc.malloc.hugetlb=")
-    ]
-    return ":".join(kept + ["glibc.malloc.hugetlb=1"])
+def _with_tunables(tunables, added):
+    """``GLIBC_TUNABLES`` ``tunables`` with ``added`` ("name=value" each) set."""
+    names = {t.split("=", 1)[0] for t in added}
+    kept = [t for t in tunables.split(":") if t and t.split("=", 1)[0] not in names]
+    return ":".join(kept + list(added))
+
+
+def _tunables(args):
+    """The glibc tunables every worker starts with, from ``--hugepages`` and
+    ``--glibc-tunables``."""
+    added = [t for t in (args.glibc_tunables or "").split(":") if t]
+    bad = [t for t in added if not re.fullmatch(r"glibc\.[\w.]+=\w+", t)]
+    if bad:
+        raise ValueError(
+            "`--glibc-tunables` must be colon-separated name=value pairs such as "
+            f"glibc.malloc.trim_threshold=17179869184, got {bad}."
+        )
+    return (["glibc.malloc.hugetlb=1"] if args.hugepages else []) + added
 
 
 def _start(framework, items, args):
@@ -644,8 +696,10 @@ def _start(framework, items, args):
     env = dict(os.environ)
     if args.gpu:
         env["SCALEVIT_BENCH_MODE"] = "gpu"
-    if args.hugepages:
-        env["GLIBC_TUNABLES"] = _with_hugetlb(env.get("GLIBC_TUNABLES", ""))
+    if _tunables(args):
+        env["GLIBC_TUNABLES"] = _with_tunables(
+            env.get("GLIBC_TUNABLES", ""), _tunables(args)
+        )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.Popen(
@@ -671,6 +725,13 @@ def main(argv=None):
         action="store_true",
         help="every worker with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (glibc >= 2.35): "
         "transparent huge pages behind malloc",
+    )
+    p.add_argument(
+        "--glibc-tunables",
+        metavar="NAME=VALUE[:...]",
+        help="glibc tunables for every worker, e.g. glibc.malloc.mmap_threshold="
+        "33554432:glibc.malloc.trim_threshold=17179869184 (malloc keeps its freed "
+        "memory: no fresh pages for torch's large buffers)",
     )
     p.add_argument("--items", help="comma-separated item names (default: all)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
@@ -713,6 +774,7 @@ def main(argv=None):
     if bad:
         raise ValueError(f"`--frameworks` must be among {FRAMEWORKS}, got {bad}.")
     _pythons(args.python)  # a bad --python fails before any worker starts
+    _tunables(args)  # and so does a bad --glibc-tunables
     rounds = args.rounds or (2 if args.quick else 5)
     steps = args.steps or (2 if args.quick else 3)
 
@@ -737,6 +799,8 @@ def main(argv=None):
             procs[fw] = proc
 
     times = {name: {fw: [] for fw in procs} for name in items}
+    faults = {name: {fw: [] for fw in procs} for name in items}
+    sys_s = {name: {fw: [] for fw in procs} for name in items}
     for r in range(rounds):
         order = (
             list(procs)[r % max(len(procs), 1) :]
@@ -754,11 +818,13 @@ def main(argv=None):
                           f"out-of-memory killer): left out of the remaining rounds")  # fmt: skip
                     continue
                 times[name][fw].append(sec["seconds"])
+                faults[name][fw].append(sec["minor_faults"])
+                sys_s[name][fw].append(sec["sys_s"])
         print(f"round {r + 1}/{rounds} done", flush=True)
     for proc in procs.values():
         _ask_quit(proc)
 
-    rows = summarise(items, times, infos, args.reference)
+    rows = summarise(items, times, infos, args.reference, faults)
     table = markdown(items, rows, infos, frameworks)
     os.makedirs(args.out, exist_ok=True)
     result = {
@@ -767,9 +833,12 @@ def main(argv=None):
         "rounds": rounds,
         "steps_per_round": steps,
         "times_s": times,
+        "minor_faults_per_step": faults,
+        "sys_s_per_step": sys_s,
         "summary": rows,
         "workers": infos,
         "hugepages": args.hugepages,
+        "glibc_tunables": ":".join(_tunables(args)),
         "load_average": os.getloadavg(),
         "cpu_count": os.cpu_count(),
         "wall_s": round(time.time() - started, 1),

@@ -89,4 +89,60 @@ def test_timm_erf_runs_where_timm_runs(peers):
     ],
 )
 def test_hugepages_tunable_keeps_the_others(peers, before, after):
-    assert peers._with_hugetlb(before) == after
+    assert peers._with_tunables(before, ["glibc.malloc.hugetlb=1"]) == after
+
+
+def test_glibc_tunables_join_hugepages(peers):
+    args = peers.argparse.Namespace(
+        hugepages=True, glibc_tunables="glibc.malloc.trim_threshold=1:glibc.x.y=2"
+    )
+    added = peers._tunables(args)
+    assert added == [
+        "glibc.malloc.hugetlb=1",
+        "glibc.malloc.trim_threshold=1",
+        "glibc.x.y=2",
+    ]
+    assert peers._with_tunables(
+        "glibc.malloc.trim_threshold=9:glibc.a=3", added
+    ) == "glibc.a=3:" + ":".join(added)
+
+
+@pytest.mark.parametrize("bad", ["trim_threshold=1", "glibc.malloc.trim_threshold"])
+def test_bad_glibc_tunables_are_rejected(peers, bad):
+    with pytest.raises(ValueError, match="`--glibc-tunables` must be"):
+        peers.main(["--quick", "--glibc-tunables", bad])
+
+
+def test_timed_counts_the_fresh_pages_a_step_touches(peers):
+    import mmap
+
+    def fresh():  # 32 MiB of new anonymous memory, every page touched
+        with mmap.mmap(-1, 32 << 20) as m:
+            for i in range(0, len(m), mmap.PAGESIZE):
+                m[i] = 1
+
+    buffer = bytearray(32 << 20)
+
+    def reused():  # the same pages every time
+        for i in range(0, len(buffer), mmap.PAGESIZE):
+            buffer[i] = 1
+
+    reused()
+    touched, quiet = peers.timed(fresh, 2), peers.timed(reused, 2)
+    pages = (32 << 20) // mmap.PAGESIZE
+    assert touched["minor_faults"] >= 0.9 * pages
+    assert quiet["minor_faults"] < 0.1 * pages
+    assert touched["seconds"] > 0 and touched["sys_s"] >= 0
+
+
+def test_faults_are_summarised_and_tabled(peers):
+    items = {"infer": peers.ITEMS["infer_b16_b8"]}
+    times = {"infer": {"ours-torch": [1.0, 1.2, 1.1], "timm": [1.0, 1.3, 1.1]}}
+    faults = {"infer": {"ours-torch": [0.0, 5.0, 1.0], "timm": [0.0, 66e3, 40e3]}}
+    rows = peers.summarise(items, times, {}, "big_vision", faults)
+    assert rows["infer"]["minor_faults_per_step"] == {"ours-torch": 1.0, "timm": 40e3}
+    table = peers.markdown(items, rows, {}, list(peers.FRAMEWORKS))
+    assert "| infer | 1 | 40000 |" in table
+    # Without fault counts (results of an older run) there is no such table.
+    rows = peers.summarise(items, times, {}, "big_vision")
+    assert "Minor page faults" not in peers.markdown(items, rows, {}, ["timm"])
