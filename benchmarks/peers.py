@@ -25,13 +25,13 @@ Each round also records the worker's minor page faults per step (a fresh page fr
 the kernel, zeroed on first touch; results.md tables their medians). XLA's CPU runtime
 takes fresh pages for its buffers on every step: ~260k per ViT-S/16 b8 train step,
 for ours on JAX and big_vision alike, ~0.4 s of kernel time across the 2 cores. torch
-takes them for every buffer glibc serves by ``mmap`` (above 32 MB at most) or after
-it trims its heap: ~400-600k per B/16 b32 batch (ours and timm), 0-70k per S/16 step. ``--hugepages`` starts every worker with
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35: malloc asks for transparent
-huge pages; XLA's faults fall to ~800 and both JAX steps run ~10% faster);
-``--glibc-tunables`` sets others, e.g. ``glibc.malloc.mmap_threshold=33554432:``
-``glibc.malloc.trim_threshold=17179869184`` (malloc keeps what it frees: torch's b32
-batch without faults).
+takes them for every buffer glibc serves by ``mmap`` (above 32 MB at most) and after
+glibc trims its heap: ~400-600k per B/16 b32 batch (ours and timm), 0-120k per S/16
+step. ``--hugepages`` starts every worker with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
+(glibc >= 2.35: malloc asks for transparent huge pages; XLA's faults fall to ~800 and
+both JAX steps run ~10% faster); ``--glibc-tunables`` sets others, e.g.
+``glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184``
+(malloc keeps what it frees: most of torch's b32 faults go).
 
 Every worker stays resident with all its items built: the full run (seven frameworks,
 five items) needed more than 24 GB on a 2-core machine, where the out-of-memory killer
