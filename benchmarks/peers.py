@@ -579,8 +579,11 @@ def markdown(items, rows, infos, frameworks):
     out.append("")
     out.append("Ratios: time relative to the row's reference (`" + "`, `".join(
         sorted({r["reference"] for r in rows.values()})) + "`); lower is faster.")  # fmt: skip
-    faulted = {n: r["minor_faults_per_step"] for n, r in rows.items()
-               if "minor_faults_per_step" in r}  # fmt: skip
+    faulted = {
+        name: row["minor_faults_per_step"]
+        for name, row in rows.items()
+        if "minor_faults_per_step" in row
+    }
     if faulted:
         out += [
             "",
