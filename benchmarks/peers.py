@@ -72,7 +72,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -505,6 +504,8 @@ def timed(step, steps):
     they cost: one timm B/16 b8 batch took 1071 ms without faults and 1305 ms with
     66k in the same process, so rounds that differ in faults differ in time.
     """
+    import resource  # POSIX only: imported where it is used
+
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(steps):
         step()
