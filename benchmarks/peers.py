@@ -686,7 +686,10 @@ def _tunables(args):
             "`--glibc-tunables` must be colon-separated name=value pairs such as "
             f"glibc.malloc.trim_threshold=17179869184, got {bad}."
         )
-    return (["glibc.malloc.hugetlb=1"] if args.hugepages else []) + added
+    # One value per name: a later one (the user's) replaces an earlier one.
+    merged = {"glibc.malloc.hugetlb": "1"} if args.hugepages else {}
+    merged.update(t.split("=", 1) for t in added)
+    return [f"{name}={value}" for name, value in merged.items()]
 
 
 def _start(framework, items, args):
@@ -700,10 +703,9 @@ def _start(framework, items, args):
     env = dict(os.environ)
     if args.gpu:
         env["SCALEVIT_BENCH_MODE"] = "gpu"
-    if _tunables(args):
-        env["GLIBC_TUNABLES"] = _with_tunables(
-            env.get("GLIBC_TUNABLES", ""), _tunables(args)
-        )
+    tunables = _tunables(args)
+    if tunables:
+        env["GLIBC_TUNABLES"] = _with_tunables(env.get("GLIBC_TUNABLES", ""), tunables)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     return subprocess.Popen(

@@ -105,6 +105,11 @@ def test_glibc_tunables_join_hugepages(peers):
     assert peers._with_tunables(
         "glibc.malloc.trim_threshold=9:glibc.a=3", added
     ) == "glibc.a=3:" + ":".join(added)
+    # A tunable given twice keeps one value: the user's over --hugepages'.
+    args.glibc_tunables = "glibc.malloc.hugetlb=0"
+    assert peers._tunables(args) == ["glibc.malloc.hugetlb=0"]
+    args.hugepages, args.glibc_tunables = False, None
+    assert peers._tunables(args) == []
 
 
 @pytest.mark.parametrize("bad", ["trim_threshold=1", "glibc.malloc.trim_threshold"])
