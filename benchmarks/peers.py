@@ -19,7 +19,9 @@ Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile
 XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
 on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` runs with
 TensorFlow's own kernel choice (oneDNN on x86 Linux); ``ours-tensorflow-eigen`` turns
-oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's plain Eigen kernels).
+oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's plain Eigen kernels);
+``ours-tensorflow-xla`` is compiled with ``jit_compile=True`` (XLA, as TensorFlow runs
+on a GPU or TPU).
 
 Each round also records the worker's minor page faults per step (a fresh page from
 the kernel, zeroed on first touch; results.md tables their medians). XLA's CPU runtime
@@ -47,10 +49,11 @@ Items (224 px, 1000 classes, float32):
   big_vision: ``big_vision.optax.scale_by_adafactor``; timm: ``AdafactorBigVision``).
 - ``infer_b16_b8`` / ``infer_b16_b32``: ViT-B/16 forward, batch 8 / 32.
 
-For every JAX step (ours on JAX, big_vision, keras-hub on JAX) it also reports what
-XLA compiled: FLOPs and bytes accessed (``cost_analysis()``) and the largest fusion
-(instructions in the optimised HLO). Outputs ``results.json``, ``results.md`` (the
-tables) and ``results.png`` (a bar chart) in ``--out``.
+For every XLA step (ours on JAX and on TensorFlow with XLA, big_vision, keras-hub on
+JAX) it also reports what XLA compiled: FLOPs and bytes accessed (``cost_analysis()``;
+for TensorFlow, jaxlib's cost analysis of TensorFlow's optimised HLO module) and the
+largest fusion (instructions in the optimised HLO). Outputs ``results.json``,
+``results.md`` (the tables) and ``results.png`` (a bar chart) in ``--out``.
 
 Peers are optional (``pip install -e ".[bench]"``): big_vision needs flax, optax and
 a checkout of google-research/big_vision given by ``--big-vision-dir`` or the
@@ -83,6 +86,7 @@ FRAMEWORKS = (
     "ours-tensorflow",
     "ours-torch",
     "ours-tensorflow-eigen",
+    "ours-tensorflow-xla",
     "timm",
     "timm-erf",
     "keras-hub",
@@ -173,6 +177,24 @@ def _jax_cost(jitted, *args):
     }
 
 
+def _tf_cost(function, *args):
+    """`_jax_cost` of a ``tf.function(jit_compile=True)``: TensorFlow's optimised HLO,
+    costed by jaxlib's XLA (TensorFlow has no cost-analysis API)."""
+    import jax
+    import jaxlib._hlo
+    from jax._src.lib import xla_client
+
+    hlo = function.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+    module = jaxlib._hlo.hlo_module_from_text(hlo)
+    client = jax.devices("cpu")[0].client
+    cost = xla_client._xla.hlo_module_cost_analysis(client, module)
+    return {
+        "flops": float(cost.get("flops", 0.0)),
+        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+        **_fusion_stats(hlo),
+    }
+
+
 def _data(item, seed=0):
     import numpy as np
 
@@ -230,8 +252,9 @@ def _keras_runner(framework, item, torch_compile=False):
         info["torch"] = torch.__version__
     # What a user gets from `compile()`: Keras' "auto" is XLA on JAX (and on
     # TensorFlow with an accelerator), TensorFlow graph mode on a CPU-only machine,
-    # eager on torch; --torch-compile asks for torch.compile.
-    jit = True if (torch_compile and backend == "torch") else "auto"
+    # eager on torch; --torch-compile asks for torch.compile, ours-tensorflow-xla XLA.
+    xla = framework == "ours-tensorflow-xla"
+    jit = True if xla or (torch_compile and backend == "torch") else "auto"
     if item["kind"] == "train":
         if item["opt"] == "adamw":
             opt = keras.optimizers.AdamW(LR, weight_decay=WD)
@@ -259,6 +282,11 @@ def _keras_runner(framework, item, torch_compile=False):
                 [v.value for v in model.metrics_variables],
             )
             info["hlo"] = _jax_cost(jax.jit(model.train_step), state, (x, y))
+        elif xla:
+            import tensorflow as tf
+
+            train_step = tf.function(model.train_step, jit_compile=True)
+            info["hlo"] = _tf_cost(train_step, (x, y))
     else:
         model.compile(jit_compile=jit)
         info["jit_compile"] = bool(model.jit_compile)
@@ -274,6 +302,11 @@ def _keras_runner(framework, item, torch_compile=False):
             ntv = [v.value for v in model.non_trainable_variables]
             fwd = jax.jit(lambda tv, x: model.stateless_call(tv, ntv, x)[0])
             info["hlo"] = _jax_cost(fwd, tv, x)
+        elif xla:
+            import tensorflow as tf
+
+            fwd = tf.function(lambda x: model(x, training=False), jit_compile=True)
+            info["hlo"] = _tf_cost(fwd, x)
     return step, info
 
 

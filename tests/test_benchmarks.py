@@ -155,3 +155,22 @@ def test_faults_are_summarised_and_tabled(peers):
     # Without fault counts (results of an older run) there is no such table.
     rows = peers.summarise(items, times, {}, "big_vision")
     assert "Minor page faults" not in peers.markdown(items, rows, {}, ["timm"])
+
+
+@pytest.mark.skipif(
+    os.environ.get("KERAS_BACKEND", "jax") != "tensorflow",
+    reason="imports TensorFlow: runs in the TensorFlow pass only",
+)
+def test_tf_cost_reads_tensorflow_xla_programs(peers):
+    import tensorflow as tf
+
+    # [16, 32] @ [32, 8]: 2·16·32·8 FLOPs in the dot; the three f32 arrays are
+    # (16·32 + 32·8 + 16·8)·4 bytes, each read or written once at least.
+    matmul = tf.function(lambda a, b: tf.matmul(a, b), jit_compile=True)
+    cost = peers._tf_cost(matmul, tf.ones((16, 32)), tf.ones((32, 8)))
+    assert cost["flops"] == 2 * 16 * 32 * 8
+    assert cost["bytes_accessed"] >= (16 * 32 + 32 * 8 + 16 * 8) * 4
+    # A chain of elementwise ops is fused: one fusion that holds all of them.
+    chain = tf.function(lambda a: tf.exp(a) * 2.0 + tf.sin(a), jit_compile=True)
+    stats = peers._tf_cost(chain, tf.ones((64, 64)))
+    assert stats["fusions"] == 1 and stats["largest_fusion"] >= 5
