@@ -150,8 +150,8 @@ def forward_flops(item):
 # ----------------------------------------------------------------------------- workers
 
 
-def _fusion_stats(hlo_text):
-    """Number of fusions and instructions in the largest one, from optimised HLO."""
+def fusion_sizes(hlo_text):
+    """Instruction count of every fused computation in optimised HLO text."""
     sizes, count = [], None
     for line in hlo_text.splitlines():
         if count is None:
@@ -163,6 +163,12 @@ def _fusion_stats(hlo_text):
             count = None
         elif line.strip():
             count += 1
+    return sizes
+
+
+def _fusion_stats(hlo_text):
+    """Number of fusions and instructions in the largest one, from optimised HLO."""
+    sizes = fusion_sizes(hlo_text)
     return {"fusions": len(sizes), "largest_fusion": max(sizes, default=0)}
 
 
