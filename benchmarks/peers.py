@@ -172,15 +172,20 @@ def _fusion_stats(hlo_text):
     return {"fusions": len(sizes), "largest_fusion": max(sizes, default=0)}
 
 
+def _cost_record(cost, hlo_text):
+    """FLOPs and bytes of an XLA cost analysis, with the fusion sizes of its HLO."""
+    return {
+        "flops": float(cost.get("flops", 0.0)),
+        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
+        **_fusion_stats(hlo_text),
+    }
+
+
 def _jax_cost(jitted, *args):
     compiled = jitted.lower(*args).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {
-        "flops": float(cost.get("flops", 0.0)),
-        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-        **_fusion_stats(compiled.as_text()),
-    }
+    return _cost_record(cost, compiled.as_text())
 
 
 def _tf_cost(function, *args):
@@ -194,11 +199,7 @@ def _tf_cost(function, *args):
     module = jaxlib._hlo.hlo_module_from_text(hlo)
     client = jax.devices("cpu")[0].client
     cost = xla_client._xla.hlo_module_cost_analysis(client, module)
-    return {
-        "flops": float(cost.get("flops", 0.0)),
-        "bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-        **_fusion_stats(hlo),
-    }
+    return _cost_record(cost, hlo)
 
 
 def _data(item, seed=0):

@@ -5,6 +5,7 @@ backend-specific expectations read ``BACKEND`` from here.
 """
 
 import ast
+import importlib.util
 import inspect
 import json
 import os
@@ -106,6 +107,15 @@ _FIXTURE_WORDS = re.compile(
 )
 _TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
 _REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
+
+
+def load_peers():
+    """``benchmarks/peers.py`` as a module (the benchmarks are not a package)."""
+    path = os.path.join(_REPO_ROOT, "benchmarks", "peers.py")
+    spec = importlib.util.spec_from_file_location("peers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _reaches_fixtures(func, seen):

@@ -4,23 +4,15 @@ Runs only the pure summary and table code of ``benchmarks/peers.py`` on hand-mad
 timings, so a broken ratio or table is caught without running a benchmark.
 """
 
-import importlib.util
-import os
 import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import BACKEND, load_peers
 
 
 @pytest.fixture(scope="module")
 def peers():
-    spec = importlib.util.spec_from_file_location(
-        "peers", os.path.join(ROOT, "benchmarks", "peers.py")
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_peers()
 
 
 def test_ratios_are_medians_over_the_reference(peers):
@@ -158,7 +150,7 @@ def test_faults_are_summarised_and_tabled(peers):
 
 
 @pytest.mark.skipif(
-    os.environ.get("KERAS_BACKEND", "jax") != "tensorflow",
+    BACKEND != "tensorflow",
     reason="imports TensorFlow: runs in the TensorFlow pass only",
 )
 def test_tf_cost_reads_tensorflow_xla_programs(peers):

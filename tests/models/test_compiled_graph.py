@@ -7,13 +7,10 @@ TensorFlow; README, Speed). A compiled program's fusions must stay small. No
 timing: this reads the optimised HLO.
 """
 
-import importlib.util
-import os
-
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from conftest import BACKEND, load_peers
 
 from keras_scalevit.models import ViTBackbone, ViTClassifier
 
@@ -25,16 +22,6 @@ pytestmark = pytest.mark.skipif(
 # the LayerNorm traced the old ways it had 289 (JAX, mean(x) before x²) and 399
 # (TensorFlow, the one-pass variance), growing with depth (1055 for ViT-S/16).
 MAX_FUSION = 100
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _fusion_sizes(hlo_text):
-    """`benchmarks/peers.py`'s reading of optimised HLO (one parser for both)."""
-    path = os.path.join(ROOT, "benchmarks", "peers.py")
-    spec = importlib.util.spec_from_file_location("peers", path)
-    peers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(peers)
-    return peers.fusion_sizes(hlo_text)
 
 
 def _optimised_hlo(model, x, y):
@@ -74,6 +61,6 @@ def test_forward_backward_has_no_large_fusion(pool_type):
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
     y = np.eye(10, dtype="float32")[[3, 7]]
-    sizes = _fusion_sizes(_optimised_hlo(model, x, y))
+    sizes = load_peers().fusion_sizes(_optimised_hlo(model, x, y))
     assert sizes, "no fusion found: the HLO text format changed"
     assert max(sizes) <= MAX_FUSION, sorted(sizes)[-5:]
