@@ -48,6 +48,10 @@ Items (224 px, 1000 classes, float32):
   framework uses its own implementation (ours: `keras_scalevit.optimizers.Adafactor`;
   big_vision: ``big_vision.optax.scale_by_adafactor``; timm: ``AdafactorBigVision``).
 - ``infer_b16_b8`` / ``infer_b16_b32``: ViT-B/16 forward, batch 8 / 32.
+- ``matmul_b16_mlp``: each framework's own float32 matmul kernel on the shape of
+  ViT-B/16's first MLP matmul at batch 8, ``(1568, 768) @ (768, 3072)``, in
+  GFLOP/s. Ours and a peer on one framework share that kernel: the row shows which
+  part of a model's ratio is the framework's kernels on this CPU.
 
 For every XLA step (ours on JAX and on TensorFlow with XLA, big_vision, keras-hub on
 JAX) it also reports what XLA compiled: FLOPs and bytes accessed (``cost_analysis()``;
@@ -73,6 +77,7 @@ model FLOP utilisation against the matmul peak each framework measures on the de
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -113,12 +118,17 @@ def _infer(variant, batch, image=224, dtype="float32"):
     )
 
 
+def _matmul(m, k, n):
+    return dict(kind="matmul", shape=(m, k, n))
+
+
 ITEMS = {
     "train_s16_adamw_gap": _train("S/16", 8, "adamw", "gap"),
     "train_s16_adafactor_gap": _train("S/16", 8, "adafactor", "gap"),
     "train_s16_adafactor_map": _train("S/16", 8, "adafactor", "map"),
     "infer_b16_b8": _infer("B/16", 8),
     "infer_b16_b32": _infer("B/16", 32),
+    "matmul_b16_mlp": _matmul(8 * 196, 768, 3072),
 }
 QUICK_ITEMS = {"train_ti16_64px_adamw_gap": _train("Ti/16", 2, "adamw", "gap", 64)}
 GPU_ITEMS = {"train_l16_bf16_adafactor": _train("L/16", 32, "adafactor", "gap", 224, "bfloat16")}  # fmt: skip
@@ -148,6 +158,51 @@ def forward_flops(item):
 
 
 # ----------------------------------------------------------------------------- workers
+
+
+def _matmul_runner(framework, item):
+    """The framework's own float32 matmul kernel, ``(m, k) @ (k, n)``.
+
+    Each framework as its models run it: XLA for JAX (and TensorFlow with XLA),
+    TensorFlow's graph-mode kernel (oneDNN, or Eigen), torch's ``mm``. The same
+    kernel serves ours and a peer on one framework, so this row tells which part
+    of a model's ratio is the framework's kernels on this CPU.
+    """
+    import numpy as np
+
+    m, k, n = item["shape"]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    if framework in ("big_vision", "ours-jax", "keras-hub"):
+        import jax
+
+        a, b = jax.device_put(a), jax.device_put(b)
+        mm = jax.jit(lambda a, b: a @ b)
+
+        def step():
+            mm(a, b).block_until_ready()
+
+    elif framework.startswith("ours-tensorflow"):
+        import tensorflow as tf
+
+        a, b = tf.constant(a), tf.constant(b)
+        xla = framework == "ours-tensorflow-xla"
+        mm = tf.function(tf.linalg.matmul, jit_compile=xla)
+
+        def step():
+            mm(a, b)  # runs to completion on the CPU before returning
+
+    else:
+        import torch
+
+        a, b = torch.from_numpy(a), torch.from_numpy(b)
+
+        def step():
+            torch.mm(a, b)
+
+    step()
+    return step, {}
 
 
 def fusion_sizes(hlo_text):
@@ -513,7 +568,9 @@ def worker(framework, items, big_vision_dir, torch_compile):
     for name, item in items.items():
         start = time.perf_counter()
         try:
-            if framework == "big_vision":
+            if item["kind"] == "matmul":
+                step, info = _matmul_runner(framework, item)
+            elif framework == "big_vision":
                 step, info = _big_vision_runner(item, big_vision_dir)
             elif framework in ("timm", "timm-erf"):
                 step, info = _timm_runner(item, exact_gelu=framework == "timm-erf")
@@ -590,6 +647,9 @@ def summarise(items, times, infos, reference, faults=None):
             rows[name]["images_per_s"] = {
                 fw: items[name]["batch"] / m for fw, m in med.items()
             }
+        if items[name]["kind"] == "matmul":
+            flops = 2 * math.prod(items[name]["shape"])
+            rows[name]["gflops_per_s"] = {fw: flops / m / 1e9 for fw, m in med.items()}
         peaks = {
             fw: infos.get(fw, {}).get(name, {}).get("matmul_peak_flops") for fw in med
         }
@@ -613,6 +673,9 @@ def markdown(items, rows, infos, frameworks):
             elif items[name]["kind"] == "infer":
                 ips = row["images_per_s"][fw]
                 cells.append(f"{ips:.2f} img/s ({row['ratio'][fw]:.2f}×)")
+            elif items[name]["kind"] == "matmul":
+                rate = row["gflops_per_s"][fw]
+                cells.append(f"{rate:.0f} GFLOP/s ({row['ratio'][fw]:.2f}×)")
             else:
                 ms = 1e3 * row["median_s"][fw]
                 cells.append(f"{ms:.0f} ms ({row['ratio'][fw]:.2f}×)")

@@ -36,6 +36,25 @@ def test_ratios_are_medians_over_the_reference(peers):
     assert "| infer | — | 16.00 img/s (1.00×) | 8.00 img/s (2.00×) |" in table
 
 
+def test_matmul_rate_is_its_flops_over_the_median(peers):
+    items = {"mm": peers.ITEMS["matmul_b16_mlp"]}  # (1568, 768) @ (768, 3072)
+    times = {"mm": {"ours-torch": [0.03, 0.02, 0.04], "timm": [0.04, 0.05, 0.06]}}
+    rows = peers.summarise(items, times, {}, "timm")
+    # 2·1568·768·3072 = 7.3988e9 FLOPs: 246.6 GFLOP/s at 30 ms, 148.0 at 50 ms.
+    assert rows["mm"]["gflops_per_s"]["ours-torch"] == pytest.approx(246.625, 1e-4)
+    assert rows["mm"]["gflops_per_s"]["timm"] == pytest.approx(147.975, 1e-4)
+    table = peers.markdown(items, rows, {}, ["ours-torch", "timm"])
+    assert "| mm | 247 GFLOP/s (0.60×) | 148 GFLOP/s (1.00×) |" in table
+
+
+def test_matmul_runner_runs_each_backend_kernel(peers):
+    step, info = peers._matmul_runner(
+        f"ours-{BACKEND}", {"kind": "matmul", "shape": (4, 3, 2)}
+    )
+    step()
+    assert info == {}
+
+
 def test_forward_flops_agrees_with_xla(peers):
     # XLA's cost_analysis() of big_vision's jitted ViT-S/16 forward (224 px, batch 8)
     # counts 7.3700515840e10 FLOPs, matmuls plus ~1% elementwise work; the matmul-only
