@@ -1,11 +1,13 @@
 """The peers benchmark's bookkeeping (no timing: benchmarks are not tests).
 
 Runs only the pure summary and table code of ``benchmarks/peers.py`` on hand-made
-timings, so a broken ratio or table is caught without running a benchmark.
+timings, so a broken ratio or table is caught without running a benchmark, and
+small programs through its runners (a 4×3 matmul, TensorFlow's XLA cost).
 """
 
 import sys
 
+import numpy as np
 import pytest
 from conftest import BACKEND, load_peers
 
@@ -47,12 +49,14 @@ def test_matmul_rate_is_its_flops_over_the_median(peers):
     assert "| mm | 247 GFLOP/s (0.60×) | 148 GFLOP/s (1.00×) |" in table
 
 
-def test_matmul_runner_runs_each_backend_kernel(peers):
-    step, info = peers._matmul_runner(
+def test_matmul_runner_multiplies_with_each_backend_kernel(peers):
+    step, _ = peers._matmul_runner(
         f"ours-{BACKEND}", {"kind": "matmul", "shape": (4, 3, 2)}
     )
-    step()
-    assert info == {}
+    rng = np.random.default_rng(0)  # the runner's documented operands
+    a = rng.standard_normal((4, 3), dtype=np.float32)
+    b = rng.standard_normal((3, 2), dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(step()), a @ b, rtol=1e-5, atol=1e-6)
 
 
 def test_forward_flops_agrees_with_xla(peers):
