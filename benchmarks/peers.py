@@ -160,13 +160,53 @@ def forward_flops(item):
 # ----------------------------------------------------------------------------- workers
 
 
-def _matmul_runner(framework, item):
-    """The framework's own float32 matmul kernel, ``(m, k) @ (k, n)``.
+def _matmul_step(framework, a, b, dtype="float32"):
+    """A step computing ``a @ b`` (numpy operands, cast to ``dtype``) with the
+    framework's own kernel, as its models run it: XLA on JAX; on TensorFlow graph
+    mode (oneDNN, or Eigen) on a CPU, XLA with an accelerator or for
+    ``ours-tensorflow-xla`` (Keras' ``jit_compile="auto"``); torch's ``mm`` on its
+    GPU when there is one. Each call returns the product once it is computed."""
+    if framework in ("big_vision", "ours-jax", "keras-hub"):
+        import jax
+        import jax.numpy as jnp
 
-    Each framework as its models run it: XLA for JAX (and TensorFlow with XLA),
-    TensorFlow's graph-mode kernel (oneDNN, or Eigen), torch's ``mm``. The same
-    kernel serves ours and a peer on one framework, so this row tells which part
-    of a model's ratio is the framework's kernels on this CPU. The operands are
+        a, b = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+        mm = jax.jit(lambda a, b: a @ b)
+        return lambda: mm(a, b).block_until_ready()
+    if framework.startswith("ours-tensorflow"):
+        import tensorflow as tf
+
+        a, b = (tf.cast(tf.constant(t), dtype) for t in (a, b))
+        gpu = bool(tf.config.list_physical_devices("GPU"))
+        xla = gpu or framework == "ours-tensorflow-xla"
+        mm = tf.function(tf.linalg.matmul, jit_compile=xla)
+
+        def step():
+            out = mm(a, b)  # on a CPU it returns once computed
+            if gpu:
+                tf.test.experimental.sync_devices()
+            return out
+
+        return step
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = (torch.from_numpy(t).to(device, getattr(torch, dtype)) for t in (a, b))
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step():
+        out = torch.mm(a, b)
+        sync()
+        return out
+
+    return step
+
+
+def _matmul_runner(framework, item):
+    """The framework's own float32 matmul kernel on ``item["shape"]`` ``(m, k, n)``.
+
+    The same kernel serves ours and a peer on one framework, so this row tells which
+    part of a model's ratio is the framework's kernels on this CPU. The operands are
     standard normal, drawn from seed 0 (``a`` first); a step returns the product.
     """
     import numpy as np
@@ -175,33 +215,7 @@ def _matmul_runner(framework, item):
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
-    if framework in ("big_vision", "ours-jax", "keras-hub"):
-        import jax
-
-        a, b = jax.device_put(a), jax.device_put(b)
-        mm = jax.jit(lambda a, b: a @ b)
-
-        def step():
-            return mm(a, b).block_until_ready()
-
-    elif framework.startswith("ours-tensorflow"):
-        import tensorflow as tf
-
-        a, b = tf.constant(a), tf.constant(b)
-        xla = framework == "ours-tensorflow-xla"
-        mm = tf.function(tf.linalg.matmul, jit_compile=xla)
-
-        def step():
-            return mm(a, b)  # runs to completion on the CPU before returning
-
-    else:
-        import torch
-
-        a, b = torch.from_numpy(a), torch.from_numpy(b)
-
-        def step():
-            return torch.mm(a, b)
-
+    step = _matmul_step(framework, a, b)
     step()
     return step, {}
 
@@ -513,38 +527,15 @@ def _timm_runner(item, exact_gelu=False):
 
 def _matmul_peak(framework):
     """Measured bf16 matmul FLOP/s of the device (8192² × 8192²), for MFU."""
+    import numpy as np
+
     n, reps = 8192, 10
-    if framework in ("big_vision", "ours-jax", "keras-hub"):
-        import jax
-        import jax.numpy as jnp
-
-        a = jnp.ones((n, n), jnp.bfloat16)
-        mm = jax.jit(lambda a: a @ a)
-        mm(a).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(reps):
-            out = mm(a)
-        out.block_until_ready()
-    elif framework in ("ours-torch", "timm", "timm-erf"):
-        import torch
-
-        a = torch.ones((n, n), dtype=torch.bfloat16, device="cuda")
-        a @ a
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(reps):
-            a @ a
-        torch.cuda.synchronize()
-    else:
-        import tensorflow as tf
-
-        a = tf.ones((n, n), tf.bfloat16)
-        mm = tf.function(lambda a: tf.matmul(a, a), jit_compile=True)
-        mm(a).numpy()
-        start = time.perf_counter()
-        for _ in range(reps):
-            out = mm(a)
-        out.numpy()
+    a = np.ones((n, n), np.float32)
+    step = _matmul_step(framework, a, a, "bfloat16")
+    step()
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 

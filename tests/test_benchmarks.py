@@ -49,10 +49,12 @@ def test_matmul_rate_is_its_flops_over_the_median(peers):
     assert "| mm | 247 GFLOP/s (0.60×) | 148 GFLOP/s (1.00×) |" in table
 
 
-def test_matmul_runner_multiplies_with_each_backend_kernel(peers):
-    step, _ = peers._matmul_runner(
-        f"ours-{BACKEND}", {"kind": "matmul", "shape": (4, 3, 2)}
-    )
+_KERNELS = {"tensorflow": ["ours-tensorflow", "ours-tensorflow-xla"]}
+
+
+@pytest.mark.parametrize("framework", _KERNELS.get(BACKEND, [f"ours-{BACKEND}"]))
+def test_matmul_runner_multiplies_with_each_backend_kernel(peers, framework):
+    step, _ = peers._matmul_runner(framework, {"kind": "matmul", "shape": (4, 3, 2)})
     rng = np.random.default_rng(0)  # the runner's documented operands
     a = rng.standard_normal((4, 3), dtype=np.float32)
     b = rng.standard_normal((3, 2), dtype=np.float32)
