@@ -18,9 +18,9 @@ a class token, with the head on that token.
 Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile="auto"``):
 XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
 on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` runs with
-TensorFlow's own kernel choice (oneDNN on x86 Linux); ``ours-tensorflow-eigen`` turns
-oneDNN off (``TF_ENABLE_ONEDNN_OPTS=0``: TensorFlow's plain Eigen kernels);
-``ours-tensorflow-xla`` is compiled with ``jit_compile=True`` (XLA, as TensorFlow runs
+TensorFlow's own kernel choice (oneDNN on x86 Linux CPUs with AVX-512 and newer; Eigen
+on others, e.g. an AVX2-only AMD EPYC); ``ours-tensorflow-eigen`` turns oneDNN off and
+``ours-tensorflow-onednn`` on (``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``); ``ours-tensorflow-xla`` is compiled with ``jit_compile=True`` (XLA, as TensorFlow runs
 on a GPU or TPU).
 
 Each round also records the worker's minor page faults per step (a fresh page from
@@ -91,6 +91,7 @@ FRAMEWORKS = (
     "ours-tensorflow",
     "ours-torch",
     "ours-tensorflow-eigen",
+    "ours-tensorflow-onednn",
     "ours-tensorflow-xla",
     "timm",
     "timm-erf",
@@ -545,9 +546,10 @@ def worker(framework, items, big_vision_dir, torch_compile):
         backend = framework.split("-")[1] if framework.startswith("ours-") else "jax"
         os.environ["KERAS_BACKEND"] = backend
         # TensorFlow reads this once, when Keras imports it: unset is TensorFlow's
-        # own choice (what a user gets), "0" its plain Eigen kernels.
-        if framework == "ours-tensorflow-eigen":
-            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        # own choice (what a user gets), "0" its plain Eigen kernels, "1" oneDNN.
+        onednn = {"ours-tensorflow-eigen": "0", "ours-tensorflow-onednn": "1"}
+        if framework in onednn:
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = onednn[framework]
         else:
             os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 

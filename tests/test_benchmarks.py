@@ -5,6 +5,7 @@ timings, so a broken ratio or table is caught without running a benchmark, and
 small programs through its runners (a 4×3 matmul, TensorFlow's XLA cost).
 """
 
+import platform
 import sys
 
 import numpy as np
@@ -191,3 +192,28 @@ def test_tf_cost_reads_tensorflow_xla_programs(peers):
     chain = tf.function(lambda a: tf.exp(a) * 2.0 + tf.sin(a), jit_compile=True)
     stats = peers._tf_cost(chain, tf.ones((64, 64)))
     assert stats["fusions"] == 1 and stats["largest_fusion"] >= 5
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="starts TensorFlow workers: run once, in the TensorFlow pass",
+)
+def test_tensorflow_workers_run_the_kernels_they_name(peers, tmp_path):
+    # Each worker sets TF_ENABLE_ONEDNN_OPTS before TensorFlow is imported; the
+    # worker reports what TensorFlow then says it runs.
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        pytest.skip("TensorFlow's oneDNN kernels: x86-64 Linux builds")
+    result = peers.main(
+        [
+            "--quick",
+            "--frameworks=ours-tensorflow-eigen,ours-tensorflow-onednn",
+            "--rounds=1",
+            "--steps=1",
+            f"--out={tmp_path}",
+        ]
+    )
+    (item,) = result["items"]
+    workers = result["workers"]
+    assert workers["ours-tensorflow-eigen"][item]["tf_onednn"] is False
+    assert workers["ours-tensorflow-onednn"][item]["tf_onednn"] is True
+    assert all(result["times_s"][item][fw] for fw in workers)
