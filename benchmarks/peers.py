@@ -18,9 +18,10 @@ a class token, with the head on that token.
 Each Keras model is compiled as ``compile()`` gives it by default (``jit_compile="auto"``):
 XLA on JAX, TensorFlow graph mode on a CPU-only machine (XLA with an accelerator), eager
 on torch (``--torch-compile`` asks for ``torch.compile``). ``ours-tensorflow`` runs with
-TensorFlow's own kernel choice (oneDNN on x86 Linux CPUs with AVX-512 and newer; Eigen
-on others, e.g. an AVX2-only AMD EPYC); ``ours-tensorflow-eigen`` turns oneDNN off and
-``ours-tensorflow-onednn`` on (``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``); ``ours-tensorflow-xla`` is compiled with ``jit_compile=True`` (XLA, as TensorFlow runs
+TensorFlow's own kernel choice (oneDNN on the AVX-512 Intel Xeons measured; Eigen on an
+AVX2-only AMD EPYC, where TensorFlow 2.21 leaves oneDNN off); ``ours-tensorflow-eigen``
+turns oneDNN off and ``ours-tensorflow-onednn`` on (``TF_ENABLE_ONEDNN_OPTS=0`` / ``1``);
+``ours-tensorflow-xla`` is compiled with ``jit_compile=True`` (XLA, as TensorFlow runs
 on a GPU or TPU).
 
 Each round also records the worker's minor page faults per step (a fresh page from

@@ -50,8 +50,8 @@ def _flat_glorot_uniform(fan_in, fan_out):
 # `ops.dot_product_attention`: torch ViT-S/16 train step ~4% and B/16 inference ~6%
 # faster; TensorFlow B/16 b32 inference ~13% and the S/16 train step ~3% faster
 # (Keras' `Dense` reshapes the matmul back to 3-D before its bias, which hides the
-# pattern, and `EinsumDense` runs as a broadcast `BatchMatMulV2`). On JAX the
-# projections stay einsums (XLA compiles both forms alike) and attention runs heads-first
+# pattern, and `EinsumDense` runs as a broadcast `BatchMatMulV2`). On JAX attention
+# runs heads-first between 2-D projection matmuls
 # (`MultiHeadDotProductAttention._heads_first`). Tests turn this off to compare.
 _FAST_PATHS = True
 
