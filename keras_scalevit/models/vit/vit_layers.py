@@ -438,7 +438,7 @@ class MultiHeadDotProductAttention(keras.layers.Layer):
         """The attention with heads before tokens, between 2-D projection matmuls.
 
         The same math as the layers' calls; results differ by float32 round-off only
-        (where the bias enters the sum). On XLA's CPU backend the batched attention
+        (XLA may order a matmul's sums unlike the einsums'). On XLA's CPU backend the batched attention
         matmuls run ~25-45% faster on ``(batch, heads, tokens, head_dim)`` operands
         than on ``(batch, tokens, heads, head_dim)``. Each projection is one 2-D
         matmul over the flattened tokens with the transpose to (or from) heads-first
