@@ -4,6 +4,10 @@ One worker process per framework (ours on each Keras backend, big_vision's Flax 
 timm's ViT, keras-hub's ViT); the parent runs the items in interleaved rounds, one
 worker at a time, so a drift of the machine hits every framework alike, and reports
 each framework's median time relative to a reference (big_vision when present).
+Each round also pairs a framework with the reference: the median of those per-round
+ratios comes with a distribution-free interval (``median_interval``), so a run says
+whether a ratio is settled (e.g. "<= 0.95x": the whole interval below 0.95) or lies
+within the spread of the machine.
 
 big_vision and timm compute the same model as ours: the refined ViT without a class
 token, with the tanh-approximated GELU of big_vision's MLP (Flax's default). ``timm``
@@ -613,12 +617,48 @@ def timed(step, steps):
 # ------------------------------------------------------------------------------ parent
 
 
+def median_interval(values, level=0.95):
+    """The median of ``values`` and a distribution-free interval for the true median.
+
+    The interval is ``[v_(k), v_(n+1-k)]`` in the sorted values, with the largest ``k``
+    whose coverage reaches ``level``: the true median lies outside it only when fewer
+    than ``k`` values fall on one side of it, so for any continuous distribution of
+    independent values its coverage is ``1 - 2 P(B < k)``, ``B ~ Binomial(n, 1/2)``.
+    Fewer than 6 values cannot reach 95%: then ``k = 1`` (the range) and its coverage
+    (93.75% for 5) is what is returned.
+
+    Returns ``(median, low, high, coverage)``.
+
+    Example:
+
+    >>> median_interval(range(1, 11))  # 10 values: the 2nd and 9th, 97.9%
+    (5.5, 2, 9, 0.978515625)
+    """
+    v = sorted(values)
+    n = len(v)
+    if n == 0:
+        raise ValueError("`values` must hold at least one value, got none.")
+    if not 0 < level < 1:
+        raise ValueError(f"`level` must lie strictly between 0 and 1, got {level}.")
+
+    def coverage(k):
+        return 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2**n
+
+    k = 1
+    while k < (n + 1) // 2 and coverage(k + 1) >= level:
+        k += 1
+    return statistics.median(v), v[k - 1], v[n - k], coverage(k)
+
+
 def summarise(items, times, infos, reference, faults=None):
     """Median seconds per item and framework, and each median / the reference's.
 
     ``times[item][framework]`` is a list of per-step seconds (one per round). The
     reference is ``reference`` when it ran the item, else the fastest framework.
     ``faults``, shaped like ``times``, holds each round's minor page faults per step.
+    ``paired_ratio`` pairs each framework's rounds with the reference's (a worker
+    that died pairs the rounds it finished): the median of the per-round ratios and
+    its ``median_interval``.
     """
     rows = {}
     for name in items:
@@ -632,7 +672,17 @@ def summarise(items, times, infos, reference, faults=None):
             "median_s": med,
             "ratio": {fw: m / med[ref] for fw, m in med.items()},
             "rounds": {fw: len(ts) for fw, ts in runs.items()},
+            "paired_ratio": {},
         }
+        for fw, ts in runs.items():
+            # A worker that died pairs the rounds it finished (not strict).
+            ratios = [t / r for t, r in zip(ts, runs[ref], strict=False)]
+            if fw != ref and ratios:
+                mid, lo, hi, cover = median_interval(ratios)
+                rows[name]["paired_ratio"][fw] = {
+                    "median": mid, "low": lo, "high": hi, "coverage": cover,
+                    "pairs": len(ratios),
+                }  # fmt: skip
         counts = (faults or {}).get(name, {})
         if any(counts.get(fw) for fw in med):
             rows[name]["minor_faults_per_step"] = {
@@ -678,6 +728,28 @@ def markdown(items, rows, infos, frameworks):
     out.append("")
     out.append("Ratios: time relative to the row's reference (`" + "`, `".join(
         sorted({r["reference"] for r in rows.values()})) + "`); lower is faster.")  # fmt: skip
+    paired = {n: r["paired_ratio"] for n, r in rows.items() if r.get("paired_ratio")}
+    if paired:
+        covers = sorted({p["coverage"] for ps in paired.values() for p in ps.values()})
+        out += [
+            "",
+            "Per-round ratios to the reference, paired within each round: median "
+            "[interval for the true median, " + " / ".join(f"{c:.1%}" for c in covers)
+            + " coverage by the number of rounds].",
+            "",
+            "| item | " + " | ".join(cols) + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]  # fmt: skip
+        for name, ps in paired.items():
+            cells = [
+                f"{ps[fw]['median']:.3f} [{ps[fw]['low']:.3f}, {ps[fw]['high']:.3f}]"
+                if fw in ps
+                else "ref"
+                if fw == rows[name]["reference"]
+                else "—"
+                for fw in cols
+            ]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
     faulted = {
         name: row["minor_faults_per_step"]
         for name, row in rows.items()

@@ -39,6 +39,61 @@ def test_ratios_are_medians_over_the_reference(peers):
     assert "| infer | — | 16.00 img/s (1.00×) | 8.00 img/s (2.00×) |" in table
 
 
+@pytest.mark.parametrize(
+    "n, k", [(5, 1), (6, 1), (10, 2), (17, 5), (30, 10)]
+)  # the largest k with 1 - 2 P(Binomial(n, 1/2) < k) >= 95%, from a binomial table
+def test_median_interval_takes_the_binomial_order_statistics(peers, n, k):
+    values = np.random.default_rng(n).permutation(np.arange(1.0, n + 1))
+    median, low, high, coverage = peers.median_interval(values)
+    assert median == (n + 1) / 2
+    assert (low, high) == (k, n + 1 - k)
+    assert coverage >= (0.95 if n >= 6 else 0.9375)
+
+
+def test_median_interval_covers_the_true_median_as_often_as_it_says(peers):
+    # Lognormal values with true median 1: the intervals must hold 1 in their
+    # stated share of 4000 samples (binomial standard error ~0.3%, 4 sigma below).
+    rng = np.random.default_rng(0)
+    for n in (5, 9, 15):
+        runs = [peers.median_interval(rng.lognormal(0, 0.2, n)) for _ in range(4000)]
+        hit = np.mean([lo <= 1 <= hi for _, lo, hi, _ in runs])
+        stated = runs[0][3]
+        assert all(r[3] == stated for r in runs)
+        assert hit >= stated - 4 * np.sqrt(stated * (1 - stated) / 4000)
+        # ... and no wider than stated: a too-wide interval would cover more.
+        assert hit <= stated + 4 * np.sqrt(stated * (1 - stated) / 4000)
+
+
+def test_median_interval_rejects_bad_input(peers):
+    with pytest.raises(ValueError, match="`values` must hold at least one"):
+        peers.median_interval([])
+    with pytest.raises(
+        ValueError, match="`level` must lie strictly between 0 and 1, got 1.5"
+    ):
+        peers.median_interval([1.0, 2.0], level=1.5)
+
+
+def test_paired_ratios_cancel_the_drift_the_rounds_share(peers):
+    items = {"train": peers.ITEMS["train_s16_adafactor_gap"]}
+    # The machine drifts 1 -> 2 s; ours is 0.9x the reference in every round, so the
+    # paired interval is exactly 0.9 although the unpaired times overlap widely.
+    ref = [1.0, 2.0, 1.5, 1.2, 1.8, 1.1]
+    times = {"train": {"big_vision": ref, "ours-jax": [0.9 * t for t in ref]}}
+    times["train"]["timm"] = [1.1 * t for t in ref[:4]]  # died after round 4
+    rows = peers.summarise(items, times, {}, "big_vision")
+    paired = rows["train"]["paired_ratio"]
+    assert "big_vision" not in paired
+    assert paired["ours-jax"]["median"] == pytest.approx(0.9)
+    assert paired["ours-jax"]["low"] == pytest.approx(0.9)
+    assert paired["ours-jax"]["high"] == pytest.approx(0.9)
+    assert paired["ours-jax"]["pairs"] == 6
+    assert paired["timm"]["pairs"] == 4
+    assert paired["timm"]["median"] == pytest.approx(1.1)
+    table = peers.markdown(items, rows, {}, ["big_vision", "ours-jax", "timm"])
+    assert "| train | ref | 0.900 [0.900, 0.900] | 1.100 [1.100, 1.100] |" in table
+    assert "87.5% / 96.9% coverage" in table
+
+
 def test_matmul_rate_is_its_flops_over_the_median(peers):
     items = {"mm": peers.ITEMS["matmul_b16_mlp"]}  # (1568, 768) @ (768, 3072)
     times = {"mm": {"ours-torch": [0.03, 0.02, 0.04], "timm": [0.04, 0.05, 0.06]}}
