@@ -624,8 +624,8 @@ def median_interval(values, level=0.95):
     whose coverage reaches ``level``: the true median lies outside it only when fewer
     than ``k`` values fall on one side of it, so for any continuous distribution of
     independent values its coverage is ``1 - 2 P(B < k)``, ``B ~ Binomial(n, 1/2)``.
-    Fewer than 6 values cannot reach 95%: then ``k = 1`` (the range) and its coverage
-    (93.75% for 5) is what is returned.
+    When no ``k`` reaches ``level`` (fewer than 6 values for 95%), ``k = 1`` (the
+    range) and its own coverage (93.75% for 5 values) are returned.
 
     Returns ``(median, low, high, coverage)``.
 

@@ -52,7 +52,7 @@ def test_median_interval_takes_the_binomial_order_statistics(peers, n, k):
 
 def test_median_interval_covers_the_true_median_as_often_as_it_says(peers):
     # Lognormal values with true median 1: the intervals must hold 1 in their
-    # stated share of 4000 samples (binomial standard error ~0.3%, 4 sigma below).
+    # stated share of 4000 samples, to 4 binomial standard errors (~0.3% each).
     rng = np.random.default_rng(0)
     for n in (5, 9, 15):
         runs = [peers.median_interval(rng.lognormal(0, 0.2, n)) for _ in range(4000)]
@@ -60,7 +60,7 @@ def test_median_interval_covers_the_true_median_as_often_as_it_says(peers):
         stated = runs[0][3]
         assert all(r[3] == stated for r in runs)
         assert hit >= stated - 4 * np.sqrt(stated * (1 - stated) / 4000)
-        # ... and no wider than stated: a too-wide interval would cover more.
+        # ... and no more: an interval wider than its stated coverage fails here.
         assert hit <= stated + 4 * np.sqrt(stated * (1 - stated) / 4000)
 
 

@@ -9,13 +9,14 @@ from ``memory_analysis()``, takes away what the plan counts outside the blocks
 (gradients, stem, head), and fits the three coefficients to the rest by least
 squares on relative error. It prints the fit, the integers it rounds up to (a plan
 that errs should err towards more memory than XLA takes), and the plan's ratio to XLA
-on every configuration with those and with the current coefficients. Copy the rounded ones into ``plan.py`` when the model's graph or XLA
-changes (the test `tests/scaling/test_scaling_plan.py` checks four other
-configurations against the compiler, within 20%).
+on every configuration with those and with the current coefficients. Copy the
+rounded ones into ``plan.py`` when the model's graph or XLA changes (the test
+`tests/scaling/test_scaling_plan.py` checks four other configurations against the
+compiler, within 20%).
 
     KERAS_BACKEND=jax python tools/fit_activation_model.py
 
-Eleven compiles of small models, ~1 minute on 2 CPU cores.
+Eleven compiles of small models: 90 s on 2 CPU cores.
 """
 
 import os
