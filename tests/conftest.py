@@ -109,13 +109,19 @@ _TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
 _REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[1])
 
 
-def load_peers():
-    """``benchmarks/peers.py`` as a module (the benchmarks are not a package)."""
-    path = os.path.join(_REPO_ROOT, "benchmarks", "peers.py")
-    spec = importlib.util.spec_from_file_location("peers", path)
+def load_script(*parts):
+    """A script of the repository (``benchmarks/``, ``tools/``: not packages) as a module."""
+    path = os.path.join(_REPO_ROOT, *parts)
+    name = os.path.splitext(parts[-1])[0]
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_peers():
+    """``benchmarks/peers.py`` as a module."""
+    return load_script("benchmarks", "peers.py")
 
 
 def _reaches_fixtures(func, seen):

@@ -1,12 +1,11 @@
 """The planner against the real model, the real optimizer and XLA's compiled step."""
 
-import importlib.util
 import math
-import os
 
 import keras
 import numpy as np
 import pytest
+from conftest import load_script
 
 from keras_scalevit.models import ViTClassifier
 from keras_scalevit.optimizers import Adafactor, MomentumHP
@@ -23,16 +22,11 @@ from keras_scalevit.scaling.plan import optimizer_state_bytes, variable_shapes
 # missing term on these configurations: leaving out the attention maps changes the
 # plan by 28%, 31%, 69% and 7%, the MLP hidden by 19%, 21%, 8% and 26%.
 ACTIVATION_TOLERANCE = 0.2
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _fit_tool():
     """``tools/fit_activation_model.py``, which refits the activation model."""
-    path = os.path.join(_ROOT, "tools", "fit_activation_model.py")
-    spec = importlib.util.spec_from_file_location("fit_activation_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools", "fit_activation_model.py")
 
 
 SMALL = [
