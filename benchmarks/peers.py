@@ -38,7 +38,9 @@ step. ``--hugepages`` starts every worker with ``GLIBC_TUNABLES=glibc.malloc.hug
 (glibc >= 2.35: malloc asks for transparent huge pages; XLA's faults fall to ~800 and
 both JAX steps run ~10% faster); ``--glibc-tunables`` sets others, e.g.
 ``glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=17179869184``
-(malloc keeps what it frees: most of torch's b32 faults go).
+(malloc keeps what it frees: most of torch's b32 faults go). ``--keep-host-memory``
+has every worker call `keras_scalevit.utils.keep_host_memory` before its framework
+loads (the same from inside Python, where a notebook cannot set ``GLIBC_TUNABLES``).
 
 Every worker stays resident with all its items built: the full run (seven frameworks,
 five items) needed more than 24 GB on a 2-core machine, where the out-of-memory killer
@@ -81,6 +83,7 @@ model FLOP utilisation against the matmul peak each framework measures on the de
 """
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -545,6 +548,16 @@ def _matmul_peak(framework):
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def _host_memory():
+    """``keras_scalevit/utils/host_memory.py`` alone: peers' workers need no Keras."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(root, "keras_scalevit", "utils", "host_memory.py")
+    spec = importlib.util.spec_from_file_location("host_memory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def worker(framework, items, big_vision_dir, torch_compile):
     """Builds every item, then answers ``run`` requests on stdin with timings."""
     if framework.startswith("ours-") or framework == "keras-hub":
@@ -557,6 +570,11 @@ def worker(framework, items, big_vision_dir, torch_compile):
             os.environ["TF_ENABLE_ONEDNN_OPTS"] = onednn[framework]
         else:
             os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
+
+    if os.environ.get("SCALEVIT_KEEP_HOST_MEMORY") == "1":
+        # Before any framework allocates: threads keep the malloc arena they start on.
+        if not _host_memory().keep_host_memory():
+            raise SystemExit("--keep-host-memory needs glibc's malloc (Linux)")
 
     def reply(obj):
         sys.__stdout__.write(json.dumps(obj) + "\n")
@@ -873,6 +891,7 @@ def _start(framework, items, args):
     env = dict(os.environ)
     if args.gpu:
         env["SCALEVIT_BENCH_MODE"] = "gpu"
+    env["SCALEVIT_KEEP_HOST_MEMORY"] = "1" if args.keep_host_memory else "0"
     tunables = _tunables(args)
     if tunables:
         env["GLIBC_TUNABLES"] = _with_tunables(env.get("GLIBC_TUNABLES", ""), tunables)
@@ -908,6 +927,12 @@ def main(argv=None):
         help="glibc tunables for every worker, e.g. glibc.malloc.mmap_threshold="
         "33554432:glibc.malloc.trim_threshold=17179869184 (malloc keeps its freed "
         "memory: no fresh pages for torch's large buffers)",
+    )
+    p.add_argument(
+        "--keep-host-memory",
+        action="store_true",
+        help="every worker calls keras_scalevit.utils.keep_host_memory() first: "
+        "glibc's malloc keeps freed memory (no fresh pages per step)",
     )
     p.add_argument("--items", help="comma-separated item names (default: all)")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
@@ -1014,6 +1039,7 @@ def main(argv=None):
         "summary": rows,
         "workers": infos,
         "hugepages": args.hugepages,
+        "keep_host_memory": args.keep_host_memory,
         "glibc_tunables": ":".join(_tunables(args)),
         "load_average": os.getloadavg(),
         "cpu_count": os.cpu_count(),

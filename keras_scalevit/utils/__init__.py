@@ -1,5 +1,6 @@
-"""Shared utilities: argument validation."""
+"""Shared utilities: argument validation, `keep_host_memory`."""
 
+from keras_scalevit.utils.host_memory import keep_host_memory
 from keras_scalevit.utils.validation import (
     check_bool,
     check_choice,
