@@ -7,7 +7,9 @@ each framework's median time relative to a reference (big_vision when present).
 Each round also pairs a framework with the reference: the median of those per-round
 ratios comes with a distribution-free interval (``median_interval``), so a run says
 whether a ratio is settled (e.g. "<= 0.95x": the whole interval below 0.95) or lies
-within the spread of the machine.
+within the spread of the machine. ``--frameworks=big_vision,big_vision@2,...`` adds a
+control: a second big_vision worker, the same program in another process, whose
+paired ratio to the first is what the host alone makes of two equal programs.
 
 big_vision and timm compute the same model as ours: the refined ViT without a class
 token, with the tanh-approximated GELU of big_vision's MLP (Flax's default). ``timm``
@@ -853,8 +855,25 @@ def _pythons(specs):
 
 def _python_for(framework, pythons):
     """The worker's Python: its own ``--python``, timm's for timm-erf, else ours."""
+    framework = _framework(framework)
     base = "timm" if framework == "timm-erf" else framework
     return pythons.get(framework, pythons.get(base, sys.executable))
+
+
+def _framework(name):
+    """The framework a ``--frameworks`` entry runs: ``NAME`` or ``NAME@K``.
+
+    ``NAME@K`` (K = 2, 3, ...) is one more worker of ``NAME``, a control: the same
+    program in another process, timed in the same rounds, so its paired ratio to
+    ``NAME`` shows how far apart the host puts two runs of one program.
+    """
+    base, sep, copy = name.partition("@")
+    if base not in FRAMEWORKS or (sep and not (copy.isdigit() and int(copy) >= 2)):
+        raise ValueError(
+            f"`--frameworks` must name frameworks among {FRAMEWORKS}, each "
+            f"optionally with @2, @3, ... for another worker of it, got {name!r}."
+        )
+    return base
 
 
 def _with_tunables(tunables, added):
@@ -882,7 +901,7 @@ def _tunables(args):
 
 def _start(framework, items, args):
     python = _python_for(framework, _pythons(args.python))
-    cmd = [python, os.path.abspath(__file__), "--worker", framework]
+    cmd = [python, os.path.abspath(__file__), "--worker", _framework(framework)]
     cmd += ["--items", json.dumps(items)]
     if args.big_vision_dir:
         cmd += ["--big-vision-dir", args.big_vision_dir]
@@ -935,7 +954,12 @@ def main(argv=None):
         "glibc's malloc keeps freed memory (no fresh pages per step)",
     )
     p.add_argument("--items", help="comma-separated item names (default: all)")
-    p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+    p.add_argument(
+        "--frameworks",
+        default=",".join(FRAMEWORKS),
+        help="comma-separated; NAME@2 adds a second worker of NAME, a control whose "
+        "paired ratio to NAME is the host's spread between two runs of one program",
+    )
     p.add_argument("--reference", default="big_vision")
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="timed steps per round")
@@ -971,9 +995,13 @@ def main(argv=None):
             )
         items = {n: pool[n] for n in args.items.split(",")}
     frameworks = [f for f in args.frameworks.split(",") if f]
-    bad = [f for f in frameworks if f not in FRAMEWORKS]
-    if bad:
-        raise ValueError(f"`--frameworks` must be among {FRAMEWORKS}, got {bad}.")
+    for f in frameworks:
+        _framework(f)  # a bad name fails before any worker starts
+    if len(set(frameworks)) < len(frameworks):
+        raise ValueError(
+            f"`--frameworks` must name each worker once, got {args.frameworks!r} "
+            "(NAME@2 is a second worker of NAME)."
+        )
     _pythons(args.python)  # a bad --python fails before any worker starts
     _tunables(args)  # and so does a bad --glibc-tunables
     rounds = args.rounds or (2 if args.quick else 5)

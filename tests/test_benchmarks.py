@@ -272,3 +272,32 @@ def test_tensorflow_workers_run_the_kernels_they_name(peers, tmp_path):
     assert workers["ours-tensorflow-eigen"][item]["tf_onednn"] is False
     assert workers["ours-tensorflow-onednn"][item]["tf_onednn"] is True
     assert all(result["times_s"][item][fw] for fw in workers)
+
+
+def test_a_control_worker_runs_its_framework(peers):
+    # NAME@K is one more worker of NAME: same program, same Python, its own column.
+    assert peers._framework("big_vision@2") == "big_vision"
+    assert peers._framework("timm-erf@3") == "timm-erf"
+    assert peers._python_for("timm-erf@2", {"timm": "/a"}) == "/a"
+    rows = peers.summarise(
+        {"x": {"kind": "train"}},
+        {"x": {"big_vision": [1.0, 2.0, 1.0], "big_vision@2": [1.1, 2.2, 0.9]}},
+        {},
+        "big_vision",
+    )
+    paired = rows["x"]["paired_ratio"]["big_vision@2"]
+    assert paired["pairs"] == 3 and paired["median"] == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize(
+    "frameworks, match",
+    [
+        ("big_vision@1", "optionally with @2"),
+        ("big_vision@x", "optionally with @2"),
+        ("flax@2", "optionally with @2"),
+        ("ours-jax,ours-jax", "each worker once"),
+    ],
+)
+def test_bad_frameworks_are_rejected(peers, frameworks, match):
+    with pytest.raises(ValueError, match=match):
+        peers.main(["--quick", "--frameworks", frameworks])
