@@ -899,7 +899,8 @@ def _tunables(args):
     return [f"{name}={value}" for name, value in merged.items()]
 
 
-def _start(framework, items, args):
+def _command(framework, items, args):
+    """The worker's command line: a control ``NAME@K`` runs ``NAME``'s worker."""
     python = _python_for(framework, _pythons(args.python))
     cmd = [python, os.path.abspath(__file__), "--worker", _framework(framework)]
     cmd += ["--items", json.dumps(items)]
@@ -907,6 +908,11 @@ def _start(framework, items, args):
         cmd += ["--big-vision-dir", args.big_vision_dir]
     if args.torch_compile:
         cmd += ["--torch-compile"]
+    return cmd
+
+
+def _start(framework, items, args):
+    cmd = _command(framework, items, args)
     env = dict(os.environ)
     if args.gpu:
         env["SCALEVIT_BENCH_MODE"] = "gpu"

@@ -5,6 +5,7 @@ timings, so a broken ratio or table is caught without running a benchmark, and
 small programs through its runners (a 4×3 matmul, TensorFlow's XLA cost).
 """
 
+import argparse
 import platform
 import sys
 
@@ -275,18 +276,16 @@ def test_tensorflow_workers_run_the_kernels_they_name(peers, tmp_path):
 
 
 def test_a_control_worker_runs_its_framework(peers):
-    # NAME@K is one more worker of NAME: same program, same Python, its own column.
+    # NAME@K is one more worker of NAME: the same worker, in the same Python.
     assert peers._framework("big_vision@2") == "big_vision"
     assert peers._framework("timm-erf@3") == "timm-erf"
     assert peers._python_for("timm-erf@2", {"timm": "/a"}) == "/a"
-    rows = peers.summarise(
-        {"x": {"kind": "train"}},
-        {"x": {"big_vision": [1.0, 2.0, 1.0], "big_vision@2": [1.1, 2.2, 0.9]}},
-        {},
-        "big_vision",
+    args = argparse.Namespace(
+        python=[f"timm={sys.executable}"], big_vision_dir=None, torch_compile=False
     )
-    paired = rows["x"]["paired_ratio"]["big_vision@2"]
-    assert paired["pairs"] == 3 and paired["median"] == pytest.approx(1.1)
+    cmd = peers._command("timm-erf@2", {}, args)
+    assert cmd[0] == sys.executable
+    assert cmd[cmd.index("--worker") + 1] == "timm-erf"
 
 
 @pytest.mark.parametrize(
