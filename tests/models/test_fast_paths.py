@@ -23,13 +23,13 @@ from keras_scalevit.models.vit import vit_layers
 TOL = 5e-6
 
 
-def _outputs_and_grads(model, x, weights, fast, monkeypatch):
+def _outputs_and_grads(model, x, weights, fast, monkeypatch, training=False):
     monkeypatch.setattr(vit_layers, "_FAST_PATHS", fast)
     variables = model.trainable_variables
     if BACKEND == "torch":
         for v in variables:
             v.value.grad = None
-        out = model(x, training=False)
+        out = model(x, training=training)
         (out * weights).sum().backward()
         grads = [v.value.grad.detach().numpy().copy() for v in variables]
     elif BACKEND == "jax":
@@ -39,7 +39,7 @@ def _outputs_and_grads(model, x, weights, fast, monkeypatch):
         frozen = [v.value for v in model.non_trainable_variables]
 
         def loss_fn(values):
-            out, _ = model.stateless_call(values, frozen, x, training=False)
+            out, _ = model.stateless_call(values, frozen, x, training=training)
             return (out * weights).sum(), out
 
         (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(values)
@@ -48,7 +48,7 @@ def _outputs_and_grads(model, x, weights, fast, monkeypatch):
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            out = model(x, training=False)
+            out = model(x, training=training)
             loss = tf.reduce_sum(out * weights)
         grads = [g.numpy() for g in tape.gradient(loss, variables)]
     grads = {v.path: g for v, g in zip(variables, grads, strict=True)}
@@ -71,7 +71,9 @@ def _assert_close(a, b, name, scale=None):
     ],
     ids=["gap", "map", "tok"],
 )
-def test_fast_paths_equal_keras_layers(kwargs, monkeypatch):
+# training=True: on TensorFlow the MLP's GELU then runs as XLA kernels (`_tf_gelu`).
+@pytest.mark.parametrize("training", [False, True], ids=["infer", "train"])
+def test_fast_paths_equal_keras_layers(kwargs, training, monkeypatch):
     keras.utils.set_random_seed(1)
     model = ViTClassifier.from_variant(
         "mu/8", num_classes=5, image_size=16, head_zeroinit=False, **kwargs
@@ -81,8 +83,8 @@ def test_fast_paths_equal_keras_layers(kwargs, monkeypatch):
         rng.uniform(-1, 1, (3, 16, 16, 3)).astype("float32")
     )
     w = keras.ops.convert_to_tensor(rng.normal(size=(3, 5)).astype("float32"))
-    out_fast, g_fast = _outputs_and_grads(model, x, w, True, monkeypatch)
-    out_keras, g_keras = _outputs_and_grads(model, x, w, False, monkeypatch)
+    out_fast, g_fast = _outputs_and_grads(model, x, w, True, monkeypatch, training)
+    out_keras, g_keras = _outputs_and_grads(model, x, w, False, monkeypatch, training)
     assert not np.array_equal(out_fast, np.zeros_like(out_fast))
     _assert_close(out_fast, out_keras, "logits")
     for path in g_keras:
@@ -134,22 +136,41 @@ def test_quantized_layers_run_as_themselves(monkeypatch):
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph mode")
 def test_tensorflow_graph_mode_equals_keras_layers(monkeypatch):
     """In a `tf.function` (what `compile()` runs on a CPU), where Grappler's oneDNN
-    remapper fuses the first MLP matmul with its bias and GELU into one kernel."""
+    remapper fuses the first MLP matmul with its bias and GELU into one kernel, and
+    where a training step's GELU calls two XLA-compiled functions (`_tf_gelu`)."""
     import tensorflow as tf
 
     keras.utils.set_random_seed(6)
     model = ViTClassifier.from_variant(
         "mu/8", num_classes=5, image_size=16, head_zeroinit=False, pool_type="map"
     )
-    x = tf.constant(
-        np.random.default_rng(7).uniform(-1, 1, (3, 16, 16, 3)).astype("float32")
-    )
-    outs = {}
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.uniform(-1, 1, (3, 16, 16, 3)).astype("float32"))
+    w = tf.constant(rng.normal(size=(3, 5)).astype("float32"))
+    variables = model.trainable_variables
+
+    def train(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True) * w)
+        return loss, tape.gradient(loss, variables)
+
+    outs, losses, grads = {}, {}, {}
     for fast in (True, False):
         monkeypatch.setattr(vit_layers, "_FAST_PATHS", fast)
         outs[fast] = tf.function(lambda x: model(x, training=False))(x).numpy()
+        loss, g = tf.function(train)(x)
+        losses[fast], grads[fast] = loss.numpy(), [t.numpy() for t in g]
     assert not np.array_equal(outs[True], np.zeros_like(outs[True]))
     _assert_close(outs[True], outs[False], "logits in graph mode")
+    _assert_close(losses[True], losses[False], "training loss in graph mode")
+    for v, fast, plain in zip(variables, grads[True], grads[False], strict=True):
+        layer = v.path.rsplit("/", 2)[0]
+        scale = max(
+            np.abs(g).max()
+            for u, g in zip(variables, grads[False], strict=True)
+            if u.path.startswith(layer)
+        )
+        _assert_close(fast, plain, v.path, scale)
 
 
 def test_predict_equals_keras_layers(monkeypatch):
