@@ -51,7 +51,7 @@ def _flat_glorot_uniform(fan_in, fan_out):
 # faster; TensorFlow B/16 b32 inference ~13% and the S/16 train step ~3% faster
 # (Keras' `Dense` reshapes the matmul back to 3-D before its bias, which hides the
 # pattern, and `EinsumDense` runs as a broadcast `BatchMatMulV2`). A TensorFlow
-# training step runs the GELU compiled (`_tf_gelu`): the train step ~3-5% faster.
+# training step runs the GELU compiled (`_tf_gelu`): the S/16 train step 2-4% faster.
 # On JAX attention runs heads-first between 2-D projection matmuls
 # (`MultiHeadDotProductAttention._heads_first`). Tests turn this off to compare.
 _FAST_PATHS = True
