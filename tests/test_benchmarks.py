@@ -131,19 +131,6 @@ def test_unknown_item_is_rejected(peers):
         peers.main(["--items", "nope"])
 
 
-@pytest.mark.parametrize(
-    "spec, match",
-    [
-        ("timm", "FRAMEWORK=PATH"),
-        ("pytorch=/usr/bin/python3", "FRAMEWORK=PATH"),
-        ("timm=/nonexistent/python", "not an executable"),
-    ],
-)
-def test_bad_worker_python_is_rejected(peers, spec, match):
-    with pytest.raises(ValueError, match=match):
-        peers.main(["--quick", "--python", spec])
-
-
 def test_timm_erf_runs_where_timm_runs(peers):
     pythons = peers._pythons([f"timm={sys.executable}"])
     assert peers._python_for("timm-erf", pythons) == sys.executable
@@ -289,14 +276,17 @@ def test_a_control_worker_runs_its_framework(peers):
 
 
 @pytest.mark.parametrize(
-    "frameworks, match",
+    "flag, value, match",
     [
-        ("big_vision@1", "optionally with @2"),
-        ("big_vision@x", "optionally with @2"),
-        ("flax@2", "optionally with @2"),
-        ("ours-jax,ours-jax", "each worker once"),
+        ("--python", "timm", "FRAMEWORK=PATH"),
+        ("--python", "pytorch=/usr/bin/python3", "FRAMEWORK=PATH"),
+        ("--python", "timm=/nonexistent/python", "not an executable"),
+        ("--frameworks", "big_vision@1", "optionally with @2"),
+        ("--frameworks", "big_vision@x", "optionally with @2"),
+        ("--frameworks", "flax@2", "optionally with @2"),
+        ("--frameworks", "ours-jax,ours-jax", "each worker once"),
     ],
 )
-def test_bad_frameworks_are_rejected(peers, frameworks, match):
+def test_bad_worker_arguments_are_rejected(peers, flag, value, match):
     with pytest.raises(ValueError, match=match):
-        peers.main(["--quick", "--frameworks", frameworks])
+        peers.main(["--quick", flag, value])

@@ -6,6 +6,7 @@ Layer and weight names mirror big_vision's checkpoint names (``LayerNorm_0/scale
 (``wd_mults``, ``lr_mults``, schedules) carry over unchanged.
 """
 
+import functools
 import math
 
 import keras
@@ -143,9 +144,6 @@ def _tf_linear(x, layer, in_axes, gelu, training):
     return tf.reshape(y, lead[: len(lead) - in_axes] + out_shape)
 
 
-_TF_GELU = []
-
-
 def _tf_gelu(x):
     """TensorFlow's tanh GELU with its forward and its gradient each one XLA loop.
 
@@ -156,27 +154,30 @@ def _tf_gelu(x):
     from ``x``. The same function and gradient to float32 round-off; a step that
     XLA compiles whole inlines both like any other function.
     """
-    if not _TF_GELU:
-        import tensorflow as tf
+    return _tf_compiled_gelu()(x)
 
-        def gelu(x):
-            return tf.nn.gelu(x, approximate=True)
 
-        forward = tf.function(gelu, jit_compile=True, reduce_retracing=True)
+@functools.cache
+def _tf_compiled_gelu():
+    import tensorflow as tf
 
-        @tf.function(jit_compile=True, reduce_retracing=True)
-        def backward(x, dy):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                y = gelu(x)
-            return tape.gradient(y, x, dy)
+    def gelu(x):
+        return tf.nn.gelu(x, approximate=True)
 
-        @tf.custom_gradient
-        def compiled(x):
-            return forward(x), lambda dy: backward(x, dy)
+    forward = tf.function(gelu, jit_compile=True, reduce_retracing=True)
 
-        _TF_GELU.append(compiled)
-    return _TF_GELU[0](x)
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def backward(x, dy):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = gelu(x)
+        return tape.gradient(y, x, dy)
+
+    @tf.custom_gradient
+    def compiled(x):
+        return forward(x), lambda dy: backward(x, dy)
+
+    return compiled
 
 
 def _dense(layer, x, in_axes=1, gelu=False, training=None):
