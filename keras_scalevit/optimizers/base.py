@@ -463,6 +463,10 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
     rate, the multiplier, adds the decoupled weight decay, applies the group schedule
     and subtracts it from the variable.
 
+    On TensorFlow the whole update runs as one XLA function (outside a
+    `tf.distribute` strategy; the same math to float32 round-off), on eager torch
+    through torch's own kernels (bitwise the same), on JAX inside the jitted step.
+
     Args:
         learning_rate: float or `keras.optimizers.schedules.LearningRateSchedule`
             (e.g. from `keras_scalevit.schedules.create_learning_rate_schedule`).
