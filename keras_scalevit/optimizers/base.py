@@ -738,8 +738,11 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
         # big_vision's pattern-selected decay inside `update_step`.
         return
 
+    def _clips(self):
+        return bool(self.global_clipnorm and self.global_clipnorm > 0)
+
     def _clip_gradients(self, grads):
-        if self.global_clipnorm and self.global_clipnorm > 0:
+        if self._clips():
             if self._eager_torch_update and _eager_torch():
                 return _torch_clip_by_global_norm(
                     grads, self.global_clipnorm, self._clip_in_place
@@ -802,9 +805,8 @@ class BigVisionOptimizer(keras.optimizers.Optimizer):
 
             functions[key] = tf.function(update, jit_compile=True, autograph=False)
         grads = tuple(tf.convert_to_tensor(g) for g in grads)
-        # (Accumulated gradients are clipped after their sum, in the function.)
-        clips = self.global_clipnorm and self.global_clipnorm > 0
-        early = clips and not self.gradient_accumulation_steps
+        # (Accumulated gradients are clipped after their mean, in the function.)
+        early = self._clips() and not self.gradient_accumulation_steps
         norm = _global_norm(grads) if early else None
         functions[key](grads, norm)
 

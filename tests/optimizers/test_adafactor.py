@@ -7,6 +7,7 @@ implementation it agrees to float32 round-off over a few steps: 1e-6 relative to
 each variable's scale (measured <= 1.1e-7 on every backend).
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -697,7 +698,7 @@ def test_tensorflow_fit_under_a_strategy_keeps_keras_update():
     weights, functions = [], []
     for strategy in (None, tf.distribute.OneDeviceStrategy("/cpu:0")):
         keras.utils.set_random_seed(0)
-        with strategy.scope() if strategy else keras.name_scope("plain"):
+        with strategy.scope() if strategy else contextlib.nullcontext():
             model = keras.Sequential([keras.Input((40,)), keras.layers.Dense(48)])
             optimizer = Adafactor(
                 0.05, momentum_dtype="float32", weight_decay=0.03, global_clipnorm=1.0
